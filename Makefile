@@ -1,0 +1,37 @@
+# The two commands: `make bench` (the main job) and `make test`. Both build first.
+PYTHON ?= python3
+BENCH_ARGS ?=
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps build test test-py test-slow ctest cuda-check bench clean
+
+all: build
+
+deps:
+	$(PYTHON) scripts/ensure_deps.py
+
+# AOT build of gumbel_ext._C in place (the same setup.py `pip install --no-build-isolation .` runs).
+build: deps
+	MAX_JOBS=$(JOBS) $(PYTHON) setup.py -q build_ext --inplace
+
+test: build
+	$(PYTHON) -m pytest -q
+	$(MAKE) ctest
+	$(MAKE) cuda-check
+
+test-slow: build
+	$(PYTHON) -m pytest -q -m slow --run-slow
+
+# The libtorch (CMake) build and its C++ test program.
+ctest: deps
+	$(PYTHON) scripts/cmake_build.py
+
+# nvcc compiles every .cu translation unit for sm_80 and sm_90 (no GPU needed).
+cuda-check: deps
+	$(PYTHON) scripts/check_cuda_compile.py
+
+bench: build
+	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
+
+clean:
+	rm -rf build build-cmake gumbel_ext/_C*.so *.egg-info .pytest_cache

@@ -1,0 +1,31 @@
+// CPU kernels behind the ops in csrc/ops.cpp. Tensors arrive contiguous and checked.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "../op_common.h"
+
+namespace gumbel_ext {
+namespace cpu {
+
+void forward(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, uint64_t seed,
+             uint64_t offset, double tau, const std::optional<at::Tensor>& tau_rows, bool hard);
+
+// saved: the soft output (hard=false) or the logits (hard=true, y_soft is regenerated).
+// grad_tau: per-row dL/dtau, or an undefined tensor when not needed.
+void backward(const at::Tensor& grad, const at::Tensor& saved, at::Tensor& grad_logits,
+              at::Tensor& grad_tau, const RowLayout& layout, uint64_t seed, uint64_t offset,
+              double tau, const std::optional<at::Tensor>& tau_rows, bool hard);
+
+// The float32 Gumbel noise of every element.
+void noise(at::Tensor& out, const RowLayout& layout, uint64_t seed, uint64_t offset);
+
+// Gumbel-top-k indices, [rows, k] in row order; k = 1 is Gumbel-max.
+void sample(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, uint64_t seed,
+            uint64_t offset, int64_t num_samples);
+
+}  // namespace cpu
+}  // namespace gumbel_ext

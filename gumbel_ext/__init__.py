@@ -1,0 +1,12 @@
+"""gumbel_ext: a fused, drop-in ``torch.nn.functional.gumbel_softmax`` for CPU and CUDA.
+
+>>> import torch, gumbel_ext
+>>> y = gumbel_ext.gumbel_softmax(torch.randn(8, 1000), tau=0.5, hard=True)
+"""
+
+from . import reference
+from ._ops import AVAILABLE as _EXTENSION_AVAILABLE
+from .functional import gumbel_softmax, sample
+
+__all__ = ["gumbel_softmax", "sample", "reference"]
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""The dispatcher ops: loading, fake (meta) kernels for torch.compile, and which
+devices have a fused kernel."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from . import _build
+
+AVAILABLE: bool = _build.load()
+
+
+def has_kernel(device: torch.device) -> bool:
+    """True if ``device`` has a fused kernel (else the reference is used)."""
+    if not AVAILABLE:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "gumbel_ext::gumbel_softmax_forward", key
+    )
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _sample_shape(logits: torch.Tensor, num_samples: int, dim: int) -> List[int]:
+    shape = list(logits.shape)
+    if logits.dim() == 0:
+        return shape + ([num_samples] if num_samples > 1 else [])
+    dim = dim % logits.dim()
+    if num_samples == 1:
+        del shape[dim]
+    else:
+        shape[dim] = num_samples
+    return shape
+
+
+if AVAILABLE:
+
+    @torch.library.register_fake("gumbel_ext::gumbel_softmax_forward")
+    def _forward_fake(logits, tau, tau_rows, hard, dim, generator=None, rng_state=None):
+        out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        return out, logits.new_empty((2,), dtype=torch.int64)
+
+    @torch.library.register_fake("gumbel_ext::gumbel_softmax_backward")
+    def _backward_fake(grad, saved, rng_state, tau, tau_rows, hard, dim, need_grad_tau):
+        grad_logits = torch.empty_like(saved, memory_format=torch.contiguous_format)
+        if need_grad_tau:
+            return grad_logits, torch.empty_like(tau_rows)
+        return grad_logits, saved.new_empty((0,), dtype=_acc_dtype(saved.dtype))
+
+    @torch.library.register_fake("gumbel_ext::gumbel_noise")
+    def _noise_fake(logits, dim, rng_state):
+        return logits.new_empty(logits.shape, dtype=torch.float32)
+
+    @torch.library.register_fake("gumbel_ext::sample")
+    def _sample_fake(logits, num_samples, dim, generator=None, rng_state=None):
+        return logits.new_empty(_sample_shape(logits, num_samples, dim), dtype=torch.int64)
+

@@ -1,0 +1,262 @@
+"""The public functions: argument validation, the autograd.Function around the fused
+ops, and the fallback to the reference on devices without a kernel."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Tuple, Union
+
+import torch
+
+from . import _ops, reference
+
+Tau = Union[float, torch.Tensor]
+
+_warned_fallback: set = set()
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_logits(logits: torch.Tensor, name: str = "gumbel_softmax") -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"gumbel_ext.{name}: logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.dtype.is_floating_point:
+        raise TypeError(
+            f"gumbel_ext.{name}: logits must have a floating point dtype (float16, bfloat16, "
+            f"float32 or float64), got {logits.dtype}"
+        )
+
+
+def _wrap_dim(logits: torch.Tensor, dim: int) -> int:
+    ndim = max(logits.dim(), 1)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"gumbel_ext: dim must be an int, got {type(dim).__name__}")
+    if not -ndim <= dim < ndim:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], but got {dim})"
+        )
+    return dim % ndim if logits.dim() else 0
+
+
+def _check_generator(generator: Optional[torch.Generator], logits: torch.Tensor) -> None:
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"gumbel_ext: generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != logits.device.type:
+        raise ValueError(
+            f"gumbel_ext: the generator is on {generator.device} but logits are on "
+            f"{logits.device}; pass a generator of the logits' device"
+        )
+
+
+def _skip_value_checks() -> bool:
+    # Reading tensor values syncs the device: impossible while capturing a CUDA graph,
+    # a graph break under torch.compile.
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _tau_args(logits: torch.Tensor, tau: Tau, dim: int) -> Tuple[float, Optional[torch.Tensor]]:
+    """(float tau, per-row tau tensor or None) as the ops take them."""
+    if isinstance(tau, torch.Tensor):
+        if not tau.dtype.is_floating_point:
+            raise TypeError(f"gumbel_ext: tau must be a floating point tensor, got {tau.dtype}")
+        if tau.device != logits.device:
+            raise ValueError(f"gumbel_ext: tau is on {tau.device} but logits are on {logits.device}")
+        keep = list(logits.shape)
+        if keep:
+            keep[dim] = 1
+        try:
+            fits = list(torch.broadcast_shapes(tau.shape, keep)) == keep
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"gumbel_ext: tau of shape {tuple(tau.shape)} must be 0-dim or broadcastable to "
+                f"the logits' shape with dim {dim} of size 1, {tuple(keep)}"
+            )
+        if not _skip_value_checks() and not bool(((tau > 0) & torch.isfinite(tau)).all()):
+            raise ValueError("gumbel_ext: every entry of tau must be finite and > 0")
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        return 1.0, tau.to(acc).expand(keep).contiguous()
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise TypeError(f"gumbel_ext: tau must be a float or a tensor, got {type(tau).__name__}")
+    if not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"gumbel_ext: tau must be a finite number > 0, got {tau}")
+    return float(tau), None
+
+
+def _use_fused(logits: torch.Tensor) -> bool:
+    if _ops.has_kernel(logits.device):
+        return True
+    if logits.device.type not in _warned_fallback:
+        _warned_fallback.add(logits.device.type)
+        if _ops.AVAILABLE:  # (a missing extension has warned already)
+            warnings.warn(
+                f"gumbel_ext: no fused kernel for device '{logits.device.type}'; using the "
+                "pure-PyTorch reference implementation.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return False
+
+
+# --------------------------------------------------------------------------- autograd
+class _GumbelSoftmaxFunction(torch.autograd.Function):
+    """Forward and backward call only the registered ops, so torch.compile traces it
+    whole. Soft mode saves the output; hard mode saves the logits (already alive) and the
+    16-byte rng_state, and regenerates y_soft in backward."""
+
+    @staticmethod
+    def forward(logits, tau_rows, tau, hard, dim, generator):
+        return torch.ops.gumbel_ext.gumbel_softmax_forward(logits, tau, tau_rows, hard, dim, generator)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, tau_rows, tau, hard, dim, _ = inputs
+        out, rng_state = output
+        ctx.mark_non_differentiable(rng_state)
+        ctx.tau, ctx.hard, ctx.dim = tau, hard, dim
+        ctx.save_for_backward(logits if hard else out, rng_state, tau_rows)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_rng_state):
+        saved, rng_state, tau_rows = ctx.saved_tensors
+        need_tau = ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():
+            # create_graph=True: a backward built from differentiable torch ops.
+            grad_logits, grad_tau = _differentiable_backward(
+                grad_out, saved, rng_state, ctx.tau, tau_rows, ctx.hard, ctx.dim
+            )
+        else:
+            grad_logits, grad_tau = torch.ops.gumbel_ext.gumbel_softmax_backward(
+                grad_out, saved, rng_state, ctx.tau, tau_rows, ctx.hard, ctx.dim, need_tau
+            )
+        return grad_logits, (grad_tau if need_tau else None), None, None, None, None
+
+
+def _differentiable_backward(grad, saved, rng_state, tau, tau_rows, hard, dim):
+    """The fused backward's math in torch ops (for double backward)."""
+    tau_t = tau_rows if tau_rows is not None else tau
+    acc = torch.float64 if saved.dtype == torch.float64 else torch.float32
+    if hard:
+        noise = torch.ops.gumbel_ext.gumbel_noise(saved, dim, rng_state)
+        y = reference.soft_from_noise(saved, noise, tau_t, dim).to(saved.dtype).to(acc)
+    else:
+        y = saved.to(acc)
+    g = grad.to(acc)
+    dz = y * (g - (g * y).sum(dim=dim, keepdim=True))
+    grad_logits = (dz / tau_t).to(saved.dtype)
+    grad_tau = None
+    if tau_rows is not None:
+        log_y = torch.log(torch.where(y > 0, y, torch.ones_like(y)))
+        grad_tau = -(log_y * dz).sum(dim=dim, keepdim=True) / tau_rows
+    return grad_logits, grad_tau
+
+
+# ----------------------------------------------------------------------------- public
+def gumbel_softmax(
+    logits: torch.Tensor,
+    tau: Tau = 1.0,
+    hard: bool = False,
+    eps: float = 1e-10,
+    dim: int = -1,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Sample from the Gumbel-Softmax distribution; a drop-in for
+    :func:`torch.nn.functional.gumbel_softmax`, fused into one kernel.
+
+    Parameters
+    ----------
+    logits : Tensor of shape ``[*, C, *]``
+        Unnormalized log-probabilities along ``dim`` (float16, bfloat16, float32, float64).
+        ``-inf`` masks a category: it gets probability exactly 0.
+    tau : float or Tensor, default 1.0
+        Temperature > 0: a float, or a tensor (0-dim, or broadcastable to the logits' shape
+        with ``dim`` of size 1) that receives a gradient when it requires one.
+    hard : bool, default False
+        If True, return the exact one-hot of the sampled category, with the soft sample's
+        gradient (straight-through).
+    eps : float
+        Deprecated and ignored, as in torch; a non-default value warns.
+    dim : int, default -1
+        The dimension of the categories.
+    generator : torch.Generator, optional
+        Generator on the logits' device; None means the device's default generator.
+
+    Returns
+    -------
+    Tensor
+        Same shape, dtype and device as ``logits``; rows sum to 1.
+
+    Examples
+    --------
+    >>> logits = torch.randn(20, 32)
+    >>> y = gumbel_softmax(logits, tau=0.5)              # soft sample
+    >>> y_hard = gumbel_softmax(logits, hard=True)       # one-hot, soft gradient
+    """
+    if eps != 1e-10:
+        warnings.warn("`eps` parameter is deprecated and has no effect.", stacklevel=2)
+    _check_logits(logits)
+    dim = _wrap_dim(logits, dim)
+    tau_value, tau_rows = _tau_args(logits, tau, dim)
+    _check_generator(generator, logits)
+    if not _use_fused(logits):
+        return reference.gumbel_softmax(logits, tau, bool(hard), dim, generator=generator)
+    out, _ = _GumbelSoftmaxFunction.apply(logits, tau_rows, tau_value, bool(hard), dim, generator)
+    return out
+
+
+def sample(
+    logits: torch.Tensor,
+    num_samples: int = 1,
+    dim: int = -1,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Draw category indices from ``softmax(logits)`` by the Gumbel-max trick, fused.
+
+    Nothing of the logits' size is materialized: one pass per row reads the logits and
+    writes indices. With the same generator state, ``sample(x)`` equals
+    ``gumbel_softmax(x, hard=True).argmax(dim)``.
+
+    Parameters
+    ----------
+    logits : Tensor of shape ``[*, C, *]``
+        Unnormalized log-probabilities along ``dim``; ``-inf`` categories are never drawn.
+    num_samples : int, default 1
+        ``1``: one category per row, ``dim`` removed from the result. ``k > 1``: ``k``
+        distinct categories per row without replacement (Gumbel-top-k), in the order
+        drawn, ``dim`` replaced by ``k``.
+    dim : int, default -1
+        The dimension of the categories.
+    generator : torch.Generator, optional
+        Generator on the logits' device.
+
+    Returns
+    -------
+    LongTensor
+
+    Examples
+    --------
+    >>> logits = torch.randn(64, 128256)
+    >>> tokens = sample(logits)                  # shape [64]
+    >>> top4 = sample(logits, num_samples=4)     # shape [64, 4], distinct per row
+    """
+    _check_logits(logits, "sample")
+    dim = _wrap_dim(logits, dim)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"gumbel_ext.sample: num_samples must be an int >= 1, got {num_samples!r}")
+    categories = logits.shape[dim] if logits.dim() else 1
+    if logits.numel() and num_samples > categories:
+        raise ValueError(
+            f"gumbel_ext.sample: num_samples={num_samples} exceeds the {categories} categories "
+            "along dim (sampling without replacement)"
+        )
+    _check_generator(generator, logits)
+    if not _use_fused(logits):
+        return reference.sample(logits.detach(), num_samples, dim, generator=generator)
+    return torch.ops.gumbel_ext.sample(logits.detach(), num_samples, dim, generator)

@@ -1,0 +1,49 @@
+"""Install what `make test` / `make bench` need, and only what is missing.
+
+With no torch, install torch==2.13.0 (the CPU wheel this project is developed against;
+never an unpinned torch, which would pull gigabytes of CUDA packages). With torch
+present (e.g. a GPU box without network), use it and install nothing that is already
+there."""
+
+import importlib.util
+import subprocess
+import sys
+
+TORCH = "torch==2.13.0"
+# import name -> pip requirement
+PACKAGES = {
+    "pytest": "pytest",
+    "hypothesis": "hypothesis",
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "expecttest": "expecttest",
+    "tabulate": "tabulate",
+    "tqdm": "tqdm",
+    "matplotlib": "matplotlib",
+}
+
+
+def missing(names):
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def pip_install(reqs):
+    print(f"ensure_deps: pip install {' '.join(reqs)}", flush=True)
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *reqs])
+
+
+def main() -> int:
+    if importlib.util.find_spec("torch") is None:
+        pip_install([TORCH])
+    need = [PACKAGES[n] for n in missing(PACKAGES)]
+    if need:
+        try:
+            pip_install(need)
+        except subprocess.CalledProcessError:
+            print(f"ensure_deps: could not install {need}; install them by hand", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
