@@ -154,7 +154,7 @@ inline at::Tensor sample_from_rows(const at::Tensor& rows_k, const at::Tensor& l
                                    const RowLayout& layout, int64_t num_samples) {
   const auto shape = sample_shape(logits, dim, num_samples);
   if (num_samples == 1) return rows_k.view(shape);
-  return rows_k.view({layout.outer, layout.inner, num_samples}).transpose(1, 2).reshape(shape);
+  return rows_k.view({layout.outer, layout.inner, num_samples}).transpose(1, 2).contiguous().view(shape);
 }
 
 inline at::Tensor make_rng_state_cpu(uint64_t seed, uint64_t offset) {

@@ -83,11 +83,12 @@ def load() -> bool:
     """Make the ``torch.ops.gumbel_ext`` ops available. True on success."""
     if os.environ.get("GUMBEL_EXT_FORCE_REFERENCE") == "1":
         return False
-    try:
-        importlib.import_module("gumbel_ext._C")
-        return True
-    except ImportError:
-        pass
+    if os.environ.get("GUMBEL_EXT_FORCE_JIT") != "1":
+        try:
+            importlib.import_module("gumbel_ext._C")
+            return True
+        except ImportError:
+            pass
     if not CSRC.is_dir() or os.environ.get("GUMBEL_EXT_NO_JIT") == "1":
         warnings.warn(
             "gumbel_ext: the compiled extension is not installed and JIT compilation is "

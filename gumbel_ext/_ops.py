@@ -12,14 +12,23 @@ from . import _build
 AVAILABLE: bool = _build.load()
 
 
+def _kernel_device_types() -> frozenset:
+    if not AVAILABLE:
+        return frozenset()
+    return frozenset(
+        device_type
+        for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if torch._C._dispatch_has_kernel_for_dispatch_key("gumbel_ext::gumbel_softmax_forward", key)
+    )
+
+
+# Computed once: a constant torch.compile can trace through.
+KERNEL_DEVICE_TYPES = _kernel_device_types()
+
+
 def has_kernel(device: torch.device) -> bool:
     """True if ``device`` has a fused kernel (else the reference is used)."""
-    if not AVAILABLE:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "gumbel_ext::gumbel_softmax_forward", key
-    )
+    return device.type in KERNEL_DEVICE_TYPES
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
