@@ -108,6 +108,8 @@ def gumbel_softmax(
     is drawn from ``generator``. ``tau`` is a float or a tensor broadcastable to the
     logits' shape with ``dim`` of size 1. Straight-through for ``hard``: the values are the
     exact one-hot, the gradient is the soft one."""
+    if logits.numel() == 0:
+        return logits.clone()
     if rng_state is None:
         rng_state = draw_rng_state(logits.device, generator)
     noise = gumbel_noise(logits, dim, rng_state)

@@ -3,7 +3,15 @@ import os
 import pytest
 import torch
 
+from hypothesis import HealthCheck, settings
+
 import gumbel_ext
+
+# Property tests: bounded and derandomized in CI; `--hypothesis-profile=thorough` locally.
+_quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, suppress_health_check=_quiet)
+settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=_quiet)
+settings.load_profile("ci")
 
 CUDA = torch.cuda.is_available()
 
