@@ -38,17 +38,23 @@ def philox4x32_10(counter: Tuple[torch.Tensor, ...], seed: int) -> Tuple[torch.T
     return x, y, z, w
 
 
-def noise_rows(rows: int, length: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
-    """Float32 Gumbel noise of shape ``[rows, length]`` for element (row r, column c)."""
+def noise_at(seed: int, offset: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Float32 Gumbel noise of element (rows, cols) (int64 tensors, broadcast together)."""
     seed &= (1 << 64) - 1
-    blocks = (length + 3) // 4
-    n = torch.arange(blocks, device=device, dtype=torch.int64) + (offset & ((1 << 64) - 1)) // 4
-    r = torch.arange(rows, device=device, dtype=torch.int64)
-    n, r = torch.broadcast_tensors(n.view(1, -1), r.view(-1, 1))
-    words = philox4x32_10((n & _MASK32, (n >> 32) & _MASK32, r & _MASK32, (r >> 32) & _MASK32), seed)
-    bits = torch.stack(words, dim=-1).reshape(rows, 4 * blocks)[:, :length]
+    rows, cols = torch.broadcast_tensors(rows, cols)
+    n = cols // 4 + (offset & ((1 << 64) - 1)) // 4
+    words = philox4x32_10((n & _MASK32, (n >> 32) & _MASK32, rows & _MASK32, (rows >> 32) & _MASK32), seed)
+    lane = (cols % 4).unsqueeze(-1)
+    bits = torch.stack(words, dim=-1).gather(-1, lane).squeeze(-1)
     u = ((bits >> 9).to(torch.float32) + 0.5) * 2.0**-23
     return -torch.log(-torch.log(u))
+
+
+def noise_rows(rows: int, length: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
+    """Float32 Gumbel noise of shape ``[rows, length]`` for element (row r, column c)."""
+    r = torch.arange(rows, device=device, dtype=torch.int64).view(-1, 1)
+    c = torch.arange(length, device=device, dtype=torch.int64).view(1, -1)
+    return noise_at(seed, offset, r, c)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:

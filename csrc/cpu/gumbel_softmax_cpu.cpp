@@ -59,16 +59,20 @@ void perturbed_row(const scalar_t* l, int64_t stride, int64_t length, uint64_t s
   }
 }
 
+// Row sums run over up to millions of terms: a float accumulator would lose digits as
+// the sum outgrows each term (5% error at 2^24 terms), so sums are kept in double.
+using sum_t = double;
+
 // buf holds x on entry and e = exp((x - X) / tau) on exit; returns 1 / sum(e).
 template <typename acc_t>
 acc_t exp_row(acc_t* buf, int64_t length, acc_t x_max, acc_t inv_tau) {
-  acc_t sum = 0;
+  sum_t sum = 0;
   for (int64_t c = 0; c < length; ++c) {
     const acc_t e = std::exp(scaled_exponent(buf[c], x_max, inv_tau));
     buf[c] = e;
     sum += e;
   }
-  return acc_t(1) / sum;
+  return static_cast<acc_t>(1.0 / sum);
 }
 
 template <typename scalar_t>
@@ -133,18 +137,19 @@ void backward_typed(const at::Tensor& grad, const at::Tensor& saved, at::Tensor&
         for (int64_t c = 0; c < length; ++c) y[c] = static_cast<acc_t>(s[start + c * stride]);
       }
       const scalar_t* gr = g + start;
-      acc_t dot = 0;
-      for (int64_t c = 0; c < length; ++c) dot += static_cast<acc_t>(gr[c * stride]) * y[c];
+      sum_t dot_sum = 0;
+      for (int64_t c = 0; c < length; ++c) dot_sum += static_cast<acc_t>(gr[c * stride]) * y[c];
+      const acc_t dot = static_cast<acc_t>(dot_sum);
       // dL/dz_c = y_c (g_c - dot); dL/dlogit = dL/dz / tau; and
       // dL/dtau = -(1/tau) sum_c z_c dL/dz_c, where z_c may be replaced by log y_c
       // because sum_c dL/dz_c = 0 (the softmax's shift invariance).
-      acc_t tau_sum = 0;
+      sum_t tau_sum = 0;
       for (int64_t c = 0; c < length; ++c) {
         const acc_t dz = y[c] * (static_cast<acc_t>(gr[c * stride]) - dot);
         gl[start + c * stride] = static_cast<scalar_t>(dz * inv_tau);
         if (gt && y[c] > 0) tau_sum += std::log(y[c]) * dz;
       }
-      if (gt) gt[r] = -inv_tau * tau_sum;
+      if (gt) gt[r] = -inv_tau * static_cast<acc_t>(tau_sum);
     }
   });
 }
