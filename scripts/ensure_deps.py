@@ -6,6 +6,7 @@ present (e.g. a GPU box without network), use it and install nothing that is alr
 there."""
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,10 @@ PACKAGES = {
 }
 
 
+# build tools -> pip requirement (the PyPI wheels ship the binaries)
+TOOLS = {"cmake": "cmake", "ninja": "ninja"}
+
+
 def missing(names):
     return [n for n in names if importlib.util.find_spec(n) is None]
 
@@ -36,6 +41,7 @@ def main() -> int:
     if importlib.util.find_spec("torch") is None:
         pip_install([TORCH])
     need = [PACKAGES[n] for n in missing(PACKAGES)]
+    need += [req for tool, req in TOOLS.items() if shutil.which(tool) is None]
     if need:
         try:
             pip_install(need)
