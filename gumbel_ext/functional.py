@@ -240,6 +240,14 @@ def sample(
     -------
     LongTensor
 
+    Notes
+    -----
+    On the CPU a row holding NaN or +inf, or with fewer finite logits than
+    ``num_samples``, raises ``ValueError``. On CUDA that check would need a device
+    synchronization (and a device assert would kill the CUDA context), so such rows get
+    what :func:`gumbel_ext.reference.sample` returns -- NaN ranks above everything, ties
+    go to the lowest index -- which are always valid, distinct indices.
+
     Examples
     --------
     >>> logits = torch.randn(64, 128256)

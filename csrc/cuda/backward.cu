@@ -1,0 +1,88 @@
+// Fused backward: dL/dlogit_c = y_c (g_c - sum_j g_j y_j) / tau, and per-row dL/dtau,
+// in one kernel with the forward's strategy ladder. y is the saved soft output, or, in
+// hard mode, y_soft regenerated from the logits and the saved (seed, offset) -- see
+// Note [Regenerated y_soft] -- so nothing of the logits' size is kept between passes.
+#include "backward_kernels.cuh"
+
+namespace gumbel_ext {
+namespace cuda {
+namespace {
+
+template <typename scalar_t, int L>
+void launch_warp_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int length, bool aligned,
+                          const Rng& rng, cudaStream_t stream) {
+  constexpr int K = 1 << L;
+  constexpr int W = K < kWarpSize ? K : kWarpSize;
+  constexpr int rows_per_block = kWarpRowThreads / kWarpSize * (kWarpSize / W);
+  const int64_t blocks = std::min(ceil_div(rows, rows_per_block), kMaxGrid);
+  warp_backward_kernel<scalar_t, L><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(
+      args, rows, length, aligned, rng);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int L = 0>
+void warp_backward(int log2_chunks, const BackwardArgs<scalar_t>& args, int64_t rows, int length,
+                   bool aligned, const Rng& rng, cudaStream_t stream) {
+  if constexpr ((1 << L) * chunk_size<scalar_t>() > kMaxWarpRow) {
+    TORCH_INTERNAL_ASSERT(false, "gumbel_ext: row too long for the warp kernel");
+  } else {
+    if (log2_chunks == L) {
+      launch_warp_backward<scalar_t, L>(args, rows, length, aligned, rng, stream);
+    } else {
+      warp_backward<scalar_t, L + 1>(log2_chunks, args, rows, length, aligned, rng, stream);
+    }
+  }
+}
+
+template <typename scalar_t>
+void block_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int64_t length, bool aligned,
+                    const Rng& rng, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int V = chunk_size<scalar_t>();
+  const int64_t chunks = ceil_div(length, V);
+  const int threads = row_block_threads(chunks);
+  const int64_t budget = int64_t{max_block_smem()} - kScratchBytes;
+  const int64_t y_bytes = chunks * V * static_cast<int64_t>(sizeof(acc_t));
+  const int64_t g_bytes = chunks * V * static_cast<int64_t>(sizeof(scalar_t));
+  const bool keep_y = y_bytes <= budget;
+  const bool keep_g = (keep_y ? y_bytes : 0) + g_bytes <= budget;
+  const size_t smem = static_cast<size_t>((keep_y ? y_bytes : 0) + (keep_g ? g_bytes : 0));
+  allow_dynamic_smem(block_backward_kernel<scalar_t>, smem);
+  block_backward_kernel<scalar_t><<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem, stream>>>(
+      args, rows, length, aligned, keep_y, keep_g, rng);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void backward(const BackwardArgs<scalar_t>& args, const Shape& shape, const Rng& rng,
+              cudaStream_t stream) {
+  constexpr int V = chunk_size<scalar_t>();
+  TORCH_INTERNAL_ASSERT(!args.hard || rng.replay != nullptr, "gumbel_ext: hard backward needs rng_state");
+  const int64_t rows = shape.rows(), length = shape.length;
+  if (rows == 0 || length == 0) return;
+  if (shape.inner > 1) {
+    const dim3 block = spatial_block(shape);
+    spatial_backward_kernel<scalar_t><<<spatial_grid(shape, block), block, 0, stream>>>(args, shape, rng);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const bool aligned = length % V == 0 && aligned16(args.grad) && aligned16(args.saved) &&
+                       aligned16(args.grad_logits);
+  if (length <= kMaxWarpRow) {
+    warp_backward<scalar_t>(ceil_log2(ceil_div(length, V)), args, rows, static_cast<int>(length),
+                            aligned, rng, stream);
+  } else {
+    block_backward<scalar_t>(args, rows, length, aligned, rng, stream);
+  }
+}
+
+template void backward<float>(const BackwardArgs<float>&, const Shape&, const Rng&, cudaStream_t);
+template void backward<double>(const BackwardArgs<double>&, const Shape&, const Rng&, cudaStream_t);
+template void backward<c10::Half>(const BackwardArgs<c10::Half>&, const Shape&, const Rng&, cudaStream_t);
+template void backward<c10::BFloat16>(const BackwardArgs<c10::BFloat16>&, const Shape&, const Rng&,
+                                      cudaStream_t);
+
+}  // namespace cuda
+}  // namespace gumbel_ext

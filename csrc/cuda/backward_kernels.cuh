@@ -1,0 +1,246 @@
+// Fused backward kernels, one per strategy (see backward.cu). In a header so that the
+// CPU emulation test (tests/emulation) runs exactly this code.
+#pragma once
+
+#include "rows.cuh"
+
+namespace gumbel_ext {
+namespace cuda {
+
+// y rounded through the output dtype, as the soft forward stores it.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t as_stored(acc_t y) {
+  return static_cast<acc_t>(static_cast<scalar_t>(y));
+}
+
+// dz = y (g - dot); writes dz / tau and returns log(y) * dz (0 where y == 0), the
+// element's share of sum_c z_c dL/dz_c (see the CPU backward).
+template <typename acc_t>
+__device__ __forceinline__ acc_t grad_element(acc_t y, acc_t g, acc_t dot, acc_t inv_tau, acc_t& out) {
+  const acc_t dz = y * (g - dot);
+  out = dz * inv_tau;
+  return y > acc_t(0) ? acc_log(y) * dz : acc_t(0);
+}
+
+// ------------------------------------------------------------------- warp per row
+template <typename scalar_t, int kLog2Chunks>
+__global__ void __launch_bounds__(kWarpRowThreads)
+    warp_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int length, bool aligned, Rng rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int V = chunk_size<scalar_t>();
+  constexpr int K = 1 << kLog2Chunks;
+  constexpr int W = K < kWarpSize ? K : kWarpSize;
+  constexpr int J = K / W;
+  constexpr int R = kWarpSize / W;
+  uint64_t seed = 0, offset = 0;
+  if (args.hard) seed_offset(rng, seed, offset);
+  const int lane = threadIdx.x % kWarpSize, lw = lane % W;
+  const int64_t rows_per_block = int64_t{blockDim.x / kWarpSize} * R;
+  const int64_t my_row = threadIdx.x / kWarpSize * R + lane / W;
+  for (int64_t base = blockIdx.x * rows_per_block; base < rows; base += gridDim.x * rows_per_block) {
+    const int64_t r = base + my_row;
+    const bool valid = r < rows;
+    const int64_t start = (valid ? r : 0) * length;
+    const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
+    acc_t y[J][V], g[J][V];
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int c0 = (j * W + lw) * V;
+      const bool here = valid && c0 < length;
+      if (here) {
+        load_chunk<V>(args.grad + start, c0, length, aligned, g[j], acc_t(0));
+        if (args.hard) {
+          perturbed_chunk<V>(args.saved + start, c0, length, aligned, seed, offset, r, y[j]);
+        } else {
+          load_chunk<V>(args.saved + start, c0, length, aligned, y[j], acc_t(0));
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          g[j][i] = acc_t(0);
+          y[j][i] = args.hard ? neg_inf<acc_t>() : acc_t(0);
+        }
+      }
+    }
+    if (args.hard) {
+      const acc_t inv_sum = softmax_registers<W>(y, inv_tau);
+#pragma unroll
+      for (int j = 0; j < J; ++j)
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const bool real = (j * W + lw) * V + i < length;
+          y[j][i] = real ? as_stored<scalar_t>(y[j][i] * inv_sum) : acc_t(0);
+        }
+    }
+    acc_t dot = 0;
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+#pragma unroll
+      for (int i = 0; i < V; ++i) dot += g[j][i] * y[j][i];
+    dot = warp_allreduce<W>(dot, SumOp());
+    acc_t tau_sum = 0;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int c0 = (j * W + lw) * V;
+      acc_t out[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) tau_sum += grad_element(y[j][i], g[j][i], dot, inv_tau, out[i]);
+      if (valid && c0 < length) store_chunk<V>(args.grad_logits + start, c0, length, aligned, out);
+    }
+    if (args.grad_tau != nullptr) {
+      tau_sum = warp_allreduce<W>(tau_sum, SumOp());
+      if (valid && lw == 0) args.grad_tau[r] = -inv_tau * tau_sum;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ block per row
+// Shared memory (each optional, decided by what fits): ys, acc_t [V][chunks], holds x
+// and then y; gs, scalar_t [V][chunks], holds the incoming gradient. What is not kept is
+// read (or regenerated) again in the second pass.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kMaxBlockThreads)
+    block_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int64_t length, bool aligned,
+                          bool keep_y, bool keep_g, Rng rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int V = chunk_size<scalar_t>();
+  __shared__ __align__(16) unsigned char scratch[kScratchBytes];
+  const int64_t chunks = ceil_div(length, V);
+  acc_t* ys = keep_y ? reinterpret_cast<acc_t*>(dynamic_smem()) : nullptr;
+  scalar_t* gs = keep_g ? reinterpret_cast<scalar_t*>(dynamic_smem() + (keep_y ? chunks * V * sizeof(acc_t) : 0))
+                        : nullptr;
+  uint64_t seed = 0, offset = 0;
+  if (args.hard) seed_offset(rng, seed, offset);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t start = r * length;
+    const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
+    MaxSum<acc_t> st = max_sum_identity<acc_t>();
+    if (args.hard) {
+      st = block_stats<V>(args.saved + start, length, aligned, seed, offset, r, inv_tau, ys, scratch);
+    }
+    const SoftRow<acc_t> soft(st, inv_tau);
+    // y of chunk k; `from_ys` when ys holds y already (second pass).
+    auto load_y = [&](int64_t k, acc_t (&y)[V], bool from_ys) {
+      if (from_ys) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) y[i] = ys[i * chunks + k];
+        return;
+      }
+      if (!args.hard) {
+        load_chunk<V>(args.saved + start, k * V, length, aligned, y, acc_t(0));
+        return;
+      }
+      if (ys != nullptr) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) y[i] = ys[i * chunks + k];  // x, from block_stats
+      } else {
+        perturbed_chunk<V>(args.saved + start, k * V, length, aligned, seed, offset, r, y);
+      }
+#pragma unroll
+      for (int i = 0; i < V; ++i) y[i] = k * V + i < length ? as_stored<scalar_t>(soft(y[i])) : acc_t(0);
+    };
+    auto load_g = [&](int64_t k, acc_t (&g)[V], bool from_gs) {
+      if (from_gs) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) g[i] = static_cast<acc_t>(gs[i * chunks + k]);
+      } else {
+        load_chunk<V>(args.grad + start, k * V, length, aligned, g, acc_t(0));
+      }
+    };
+    acc_t dot = 0;
+    for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
+      acc_t y[V], g[V];
+      load_y(k, y, false);
+      load_g(k, g, false);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        if (ys != nullptr) ys[i * chunks + k] = y[i];
+        if (gs != nullptr) gs[i * chunks + k] = static_cast<scalar_t>(g[i]);
+        dot += g[i] * y[i];
+      }
+    }
+    dot = block_allreduce(dot, SumOp(), acc_t(0), scratch);
+    acc_t tau_sum = 0;
+    for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
+      acc_t y[V], g[V], out[V];
+      load_y(k, y, ys != nullptr);
+      load_g(k, g, gs != nullptr);
+#pragma unroll
+      for (int i = 0; i < V; ++i) tau_sum += grad_element(y[i], g[i], dot, inv_tau, out[i]);
+      store_chunk<V>(args.grad_logits + start, k * V, length, aligned, out);
+    }
+    if (args.grad_tau != nullptr) {
+      tau_sum = block_allreduce(tau_sum, SumOp(), acc_t(0), scratch);
+      if (threadIdx.x == 0) args.grad_tau[r] = -inv_tau * tau_sum;
+    }
+  }
+}
+
+// ------------------------------------------------------------ parallel over inner
+template <typename scalar_t>
+__global__ void __launch_bounds__(kSpatialThreads)
+    spatial_backward_kernel(BackwardArgs<scalar_t> args, Shape shape, Rng rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ __align__(16) unsigned char scratch[kScratchBytes];
+  uint64_t seed = 0, offset = 0;
+  if (args.hard) seed_offset(rng, seed, offset);
+  const int64_t length = shape.length, inner = shape.inner;
+  const int64_t quads = ceil_div(length, 4);
+  for (int64_t o = blockIdx.y; o < shape.outer; o += gridDim.y) {
+    for (int64_t i0 = int64_t{blockIdx.x} * blockDim.x; i0 < inner; i0 += int64_t{gridDim.x} * blockDim.x) {
+      const int64_t i = i0 + threadIdx.x;
+      const bool valid = i < inner;
+      const int64_t r = o * inner + i;
+      const int64_t start = valid ? o * length * inner + i : 0;
+      const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
+      MaxSum<acc_t> st = max_sum_identity<acc_t>();
+      if (args.hard) {
+        st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, inv_tau, scratch);
+      }
+      const SoftRow<acc_t> soft(st, inv_tau);
+      auto load = [&](int64_t q, acc_t (&y)[4], acc_t (&g)[4]) {
+        if (args.hard) perturbed_quad(args.saved + start, inner, q, length, seed, offset, r, y);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int64_t c = 4 * q + j;
+          const bool real = c < length;
+          g[j] = real ? static_cast<acc_t>(args.grad[start + c * inner]) : acc_t(0);
+          if (args.hard) {
+            y[j] = real ? as_stored<scalar_t>(soft(y[j])) : acc_t(0);
+          } else {
+            y[j] = real ? static_cast<acc_t>(args.saved[start + c * inner]) : acc_t(0);
+          }
+        }
+      };
+      acc_t dot = 0;
+      if (valid) {
+        for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+          acc_t y[4], g[4];
+          load(q, y, g);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) dot += g[j] * y[j];
+        }
+      }
+      dot = column_allreduce(dot, SumOp(), scratch);
+      acc_t tau_sum = 0;
+      if (valid) {
+        for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+          acc_t y[4], g[4], out[4];
+          load(q, y, g);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            tau_sum += grad_element(y[j], g[j], dot, inv_tau, out[j]);
+            if (4 * q + j < length) args.grad_logits[start + (4 * q + j) * inner] = static_cast<scalar_t>(out[j]);
+          }
+        }
+      }
+      if (args.grad_tau != nullptr) {
+        tau_sum = column_allreduce(tau_sum, SumOp(), scratch);
+        if (valid && threadIdx.y == 0) args.grad_tau[r] = -inv_tau * tau_sum;
+      }
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace gumbel_ext

@@ -1,0 +1,372 @@
+// Device building blocks shared by the CUDA kernels: the (seed, offset) a kernel uses,
+// vectorized row chunks with their noise, and the three row reductions (NaN-propagating
+// max, online max+sum, argmax) as warp and block all-reduces.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <ATen/cuda/PhiloxUtils.cuh>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+
+#include "../gumbel_noise.h"
+#include "kernels.h"
+
+namespace gumbel_ext {
+namespace cuda {
+
+constexpr int kWarpSize = 32;
+constexpr int kMaxBlockThreads = 1024;
+// Grids are capped and kernels loop (grid-stride) past the cap.
+constexpr int64_t kMaxGrid = (int64_t{1} << 31) - 1;
+constexpr int64_t kMaxGridY = 65535;
+
+// ------------------------------------------------------------------------------ rng
+// Every thread reads the pair (broadcast loads when captured or replayed); one thread
+// records it for backward.
+__device__ __forceinline__ void seed_offset(const Rng& rng, uint64_t& seed, uint64_t& offset) {
+  if (rng.replay != nullptr) {
+    seed = static_cast<uint64_t>(rng.replay[0]);
+    offset = static_cast<uint64_t>(rng.replay[1]);
+  } else {
+    const auto so = at::cuda::philox::unpack(rng.philox);
+    seed = std::get<0>(so);
+    offset = std::get<1>(so);
+  }
+  if (rng.record != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 &&
+      threadIdx.y == 0) {
+    rng.record[0] = static_cast<int64_t>(seed);
+    rng.record[1] = static_cast<int64_t>(offset);
+  }
+}
+
+// ----------------------------------------------------------------------------- math
+__device__ __forceinline__ float acc_exp(float x) { return ::expf(x); }
+__device__ __forceinline__ double acc_exp(double x) { return ::exp(x); }
+__device__ __forceinline__ float acc_log(float x) { return ::logf(x); }
+__device__ __forceinline__ double acc_log(double x) { return ::log(x); }
+
+template <typename T>
+__device__ __forceinline__ T neg_inf() {
+  return static_cast<T>(-INFINITY);
+}
+template <typename T>
+__device__ __forceinline__ T quiet_nan() {
+  return static_cast<T>(NAN);
+}
+template <typename T>
+__device__ __forceinline__ bool is_finite(T x) {
+  return x - x == T(0);  // false for +-inf and NaN, without relying on isfinite overloads
+}
+
+// Chunk: the columns one thread loads at once. A multiple of 4 (one Philox block per 4
+// columns, so every draw is computed once) and 16 bytes for fp32 / half types.
+template <typename scalar_t>
+constexpr int chunk_size() {
+  return sizeof(scalar_t) >= 4 ? 4 : 8;
+}
+
+template <typename T, int N>
+struct alignas(16) Pack {
+  T v[N];
+};
+
+// Loads columns c0 .. c0+V-1 of a contiguous row as acc_t; `aligned` promises that the
+// row pointer is 16-byte aligned and that the row length is a multiple of V (so a chunk
+// that starts inside the row is whole). Columns >= length read as `fill`.
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_chunk(const scalar_t* __restrict__ row, int64_t c0,
+                                           int64_t length, bool aligned, acc_t (&v)[V],
+                                           acc_t fill) {
+  if (aligned) {
+    const Pack<scalar_t, V> p = *reinterpret_cast<const Pack<scalar_t, V>*>(row + c0);
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = static_cast<acc_t>(p.v[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = c0 + i < length ? static_cast<acc_t>(row[c0 + i]) : fill;
+  }
+}
+
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_chunk(scalar_t* __restrict__ row, int64_t c0, int64_t length,
+                                            bool aligned, const acc_t (&v)[V]) {
+  if (aligned) {
+    Pack<scalar_t, V> p;
+#pragma unroll
+    for (int i = 0; i < V; ++i) p.v[i] = static_cast<scalar_t>(v[i]);
+    *reinterpret_cast<Pack<scalar_t, V>*>(row + c0) = p;
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i)
+      if (c0 + i < length) row[c0 + i] = static_cast<scalar_t>(v[i]);
+  }
+}
+
+// x += noise for the chunk at c0 of row r (see Note [Philox counter layout]).
+template <int V, typename acc_t>
+__device__ __forceinline__ void add_noise(acc_t (&x)[V], int64_t c0, uint64_t seed, uint64_t offset,
+                                          uint64_t r) {
+  static_assert(V % 4 == 0, "a chunk holds whole Philox blocks");
+#pragma unroll
+  for (int b = 0; b < V / 4; ++b) {
+    const Philox4 p = philox_block(seed, offset, r, static_cast<uint64_t>(c0 / 4 + b));
+    x[4 * b + 0] += static_cast<acc_t>(gumbel_from_bits(p.x));
+    x[4 * b + 1] += static_cast<acc_t>(gumbel_from_bits(p.y));
+    x[4 * b + 2] += static_cast<acc_t>(gumbel_from_bits(p.z));
+    x[4 * b + 3] += static_cast<acc_t>(gumbel_from_bits(p.w));
+  }
+}
+
+// x = logit + noise for the chunk at c0 of row r; columns past the row are -inf, so
+// they never win a max and add nothing to a sum.
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void perturbed_chunk(const scalar_t* __restrict__ row, int64_t c0,
+                                                int64_t length, bool aligned, uint64_t seed,
+                                                uint64_t offset, uint64_t r, acc_t (&x)[V]) {
+  load_chunk<V>(row, c0, length, aligned, x, neg_inf<acc_t>());
+  add_noise<V>(x, c0, seed, offset, r);
+}
+
+// Chunks a block-per-row thread loads before computing any noise: enough 16-byte loads
+// in flight per SM to cover the memory latency with 1024-thread blocks.
+constexpr int kChunksInFlight = 4;
+
+// perturbed_chunk for chunks k0 + u * stride, u < U (those < chunks; the others are all
+// -inf), with every load issued before the first Philox block.
+template <int U, int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void perturbed_chunks(const scalar_t* __restrict__ row, int64_t k0,
+                                                 int64_t stride, int64_t chunks, int64_t length,
+                                                 bool aligned, uint64_t seed, uint64_t offset,
+                                                 uint64_t r, acc_t (&x)[U][V]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t k = k0 + u * stride;
+    if (k < chunks) {
+      load_chunk<V>(row, k * V, length, aligned, x[u], neg_inf<acc_t>());
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) x[u][i] = neg_inf<acc_t>();
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t k = k0 + u * stride;
+    if (k < chunks) add_noise<V>(x[u], k * V, seed, offset, r);
+  }
+}
+
+// The block's dynamic shared memory (the emulation test supplies its own).
+#ifndef GUMBEL_EXT_HOST_EMULATION
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char smem[];
+  return smem;
+}
+#endif
+
+// ------------------------------------------------------------------------ reductions
+// All combines are commutative bit for bit, so xor-butterfly all-reduces give every lane
+// the same result, and the fixed trees make every kernel deterministic.
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t nan_max(acc_t a, acc_t b) {
+  return (a != a) ? a : (b != b) ? b : (a > b ? a : b);
+}
+
+struct SumOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+
+struct MaxOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T a, T b) const { return nan_max(a, b); }
+};
+
+// Running (max m, sum s of exp((x - m) * inv_tau)) over a set of x (online softmax).
+// Only meaningful when the final max is finite; -inf elements add exactly nothing.
+template <typename acc_t>
+struct MaxSum {
+  acc_t m;
+  acc_t s;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ MaxSum<acc_t> max_sum_identity() {
+  return {neg_inf<acc_t>(), acc_t(0)};
+}
+
+template <typename acc_t>
+__device__ __forceinline__ void max_sum_add(MaxSum<acc_t>& st, acc_t x, acc_t inv_tau) {
+  if (x > st.m) {
+    st.s = st.s * acc_exp(scaled_exponent(st.m, x, inv_tau)) + acc_t(1);
+    st.m = x;
+  } else if (x != x) {
+    st.m = x;
+  } else if (x > neg_inf<acc_t>()) {
+    st.s += acc_exp(scaled_exponent(x, st.m, inv_tau));
+  }
+}
+
+template <typename acc_t>
+struct MaxSumOp {
+  acc_t inv_tau;
+  __device__ __forceinline__ MaxSum<acc_t> operator()(MaxSum<acc_t> a, MaxSum<acc_t> b) const {
+    const acc_t m = nan_max(a.m, b.m);
+    if (!is_finite(m)) return {m, a.s + b.s};
+    const acc_t sa = a.m > neg_inf<acc_t>() ? a.s * acc_exp(scaled_exponent(a.m, m, inv_tau)) : acc_t(0);
+    const acc_t sb = b.m > neg_inf<acc_t>() ? b.s * acc_exp(scaled_exponent(b.m, m, inv_tau)) : acc_t(0);
+    return {m, sa + sb};
+  }
+};
+
+// Argmax with torch.argmax's order: NaN above everything, ties to the lowest index.
+template <typename acc_t>
+struct ArgMax {
+  acc_t v;
+  int64_t i;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ ArgMax<acc_t> argmax_identity() {
+  return {neg_inf<acc_t>(), INT64_MAX};
+}
+
+struct ArgMaxOp {
+  template <typename acc_t>
+  __device__ __forceinline__ ArgMax<acc_t> operator()(ArgMax<acc_t> a, ArgMax<acc_t> b) const {
+    const bool a_nan = a.v != a.v, b_nan = b.v != b.v;
+    bool take_b;
+    if (a_nan || b_nan) {
+      take_b = a_nan ? (b_nan && b.i < a.i) : true;
+    } else {
+      take_b = b.v > a.v || (b.v == a.v && b.i < a.i);
+    }
+    return take_b ? b : a;
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ T shfl_xor(T v, int mask, int width) {
+  return __shfl_xor_sync(0xffffffffu, v, mask, width);
+}
+template <typename acc_t>
+__device__ __forceinline__ MaxSum<acc_t> shfl_xor(MaxSum<acc_t> v, int mask, int width) {
+  return {shfl_xor(v.m, mask, width), shfl_xor(v.s, mask, width)};
+}
+template <typename acc_t>
+__device__ __forceinline__ ArgMax<acc_t> shfl_xor(ArgMax<acc_t> v, int mask, int width) {
+  return {shfl_xor(v.v, mask, width),
+          static_cast<int64_t>(shfl_xor(static_cast<long long>(v.i), mask, width))};
+}
+
+// All-reduce over groups of W consecutive lanes; the whole warp must take part.
+template <int W, typename T, typename Op>
+__device__ __forceinline__ T warp_allreduce(T v, const Op& op) {
+#pragma unroll
+  for (int m = W / 2; m > 0; m /= 2) v = op(v, shfl_xor(v, m, W));
+  return v;
+}
+
+// Shared scratch big enough for any reduction in these kernels (32 values of <= 16 B, or
+// a 256-thread 2-D block).
+constexpr int kScratchBytes = 256 * 16;
+
+// All-reduce over a 1-D block (blockDim.x a multiple of 32, <= 1024); every thread gets
+// the result. `scratch` holds kScratchBytes.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_allreduce(T v, const Op& op, T identity, void* scratch) {
+  static_assert(sizeof(T) <= 16, "scratch slot");
+  T* slots = static_cast<T*>(scratch);
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = blockDim.x / kWarpSize;
+  v = warp_allreduce<kWarpSize>(v, op);
+  __syncthreads();  // the previous use of scratch is over
+  if (lane == 0) slots[warp] = v;
+  __syncthreads();
+  v = lane < warps ? slots[lane] : identity;
+  return warp_allreduce<kWarpSize>(v, op);
+}
+
+// All-reduce over threadIdx.y of a 2-D block (blockDim.y a power of two,
+// blockDim.x * blockDim.y <= 256): a fixed tree in shared memory.
+template <typename T, typename Op>
+__device__ __forceinline__ T column_allreduce(T v, const Op& op, void* scratch) {
+  static_assert(sizeof(T) <= 16, "scratch slot");
+  T* slots = static_cast<T*>(scratch);
+  const int tx = threadIdx.x, ty = threadIdx.y, bx = blockDim.x;
+  __syncthreads();
+  slots[ty * bx + tx] = v;
+  __syncthreads();
+  for (int s = blockDim.y / 2; s > 0; s /= 2) {
+    if (ty < s) slots[ty * bx + tx] = op(slots[ty * bx + tx], slots[(ty + s) * bx + tx]);
+    __syncthreads();
+  }
+  return slots[tx];
+}
+
+// ---------------------------------------------------------------------------- host
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline int ceil_log2(int64_t n) {
+  int l = 0;
+  while ((int64_t{1} << l) < n) ++l;
+  return l;
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Threads of the block-per-row kernels for a row of `chunks` chunks: about four chunks
+// per thread, 128 .. 1024. Forward and backward use the same count, so a regenerated
+// y_soft sums in the same order as the forward's.
+inline int row_block_threads(int64_t chunks) {
+  int t = 128;
+  while (t < kMaxBlockThreads && int64_t{t} * 4 < chunks) t *= 2;
+  return t;
+}
+
+// 2-D block of the kernels parallel over the inner dim: x over inner (coalesced), y
+// splits the row's 4-column blocks; at most 256 threads, both powers of two.
+inline dim3 spatial_block(const Shape& shape) {
+  const int64_t quads = ceil_div(shape.length, 4);
+  int bx = 1 << std::min(ceil_log2(shape.inner), 5);
+  int by = 1 << std::min(ceil_log2(quads), ceil_log2(256 / bx));
+  bx = 1 << std::min(ceil_log2(shape.inner), ceil_log2(256 / by));
+  return dim3(bx, by);
+}
+
+inline dim3 spatial_grid(const Shape& shape, dim3 block) {
+  return dim3(static_cast<unsigned>(std::min(ceil_div(shape.inner, block.x), kMaxGrid)),
+              static_cast<unsigned>(std::min(shape.outer, kMaxGridY)));
+}
+
+// The most shared memory (static + dynamic) a block of the current device may opt in to.
+inline int max_block_smem() {
+  static std::atomic<int> cache[C10_COMPILE_TIME_MAX_GPUS] = {};
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  int bytes = cache[device].load(std::memory_order_relaxed);
+  if (bytes == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    cache[device].store(bytes, std::memory_order_relaxed);
+  }
+  return bytes;
+}
+
+// Kernels launched with more than the default 48 KiB of dynamic shared memory opt in.
+template <typename Kernel>
+inline void allow_dynamic_smem(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+  }
+}
+
+}  // namespace cuda
+}  // namespace gumbel_ext

@@ -1,0 +1,93 @@
+// Forward launchers: soft sample, exact one-hot, or Gumbel-max index (sample, k = 1).
+// Strategy by layout and row length C (as ATen's softmax and apex's fused softmax):
+//   inner == 1, C <= 1024: warp per row, the row in registers. 128-thread blocks; a row
+//     of K chunks (4 columns for fp32/fp64, 8 for the half types; K padded to a power of
+//     two) takes W = min(K, 32) lanes, so tiny rows pack 32 / W rows into a warp.
+//   inner == 1, C >  1024: block per row, 128 .. 1024 threads (about four chunks each).
+//     The soft path keeps x in shared memory when C * sizeof(acc) fits the device's
+//     opt-in limit (227 KiB on H100: C <= ~57k), else its second pass regenerates x from
+//     the logits and the Philox counter; max and sum come from one online pass.
+//   inner  > 1: 2-D blocks of <= 256 threads, x over inner (coalesced), y splitting the
+//     row's 4-column Philox blocks; no transposed copy.
+// 16-byte vector loads and stores when the row pointers are aligned and C is a multiple
+// of the chunk; every offset is 64-bit. One-hot and index modes only need the argmax of
+// x: no exp, nothing kept on chip.
+#include "forward_kernels.cuh"
+
+namespace gumbel_ext {
+namespace cuda {
+namespace {
+
+template <typename scalar_t, int L>
+void launch_warp_forward(const ForwardArgs<scalar_t>& args, int64_t rows, int length, bool aligned,
+                         const Rng& rng, cudaStream_t stream) {
+  constexpr int K = 1 << L;
+  constexpr int W = K < kWarpSize ? K : kWarpSize;
+  constexpr int rows_per_block = kWarpRowThreads / kWarpSize * (kWarpSize / W);
+  const int64_t blocks = std::min(ceil_div(rows, rows_per_block), kMaxGrid);
+  warp_forward_kernel<scalar_t, L><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(
+      args, rows, length, aligned, rng);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int L = 0>
+void warp_forward(int log2_chunks, const ForwardArgs<scalar_t>& args, int64_t rows, int length,
+                  bool aligned, const Rng& rng, cudaStream_t stream) {
+  if constexpr ((1 << L) * chunk_size<scalar_t>() > kMaxWarpRow) {
+    TORCH_INTERNAL_ASSERT(false, "gumbel_ext: row too long for the warp kernel");
+  } else {
+    if (log2_chunks == L) {
+      launch_warp_forward<scalar_t, L>(args, rows, length, aligned, rng, stream);
+    } else {
+      warp_forward<scalar_t, L + 1>(log2_chunks, args, rows, length, aligned, rng, stream);
+    }
+  }
+}
+
+template <typename scalar_t>
+void block_forward(const ForwardArgs<scalar_t>& args, int64_t rows, int64_t length, bool aligned,
+                   const Rng& rng, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int V = chunk_size<scalar_t>();
+  const int64_t chunks = ceil_div(length, V);
+  const int threads = row_block_threads(chunks);
+  const int64_t x_bytes = chunks * V * static_cast<int64_t>(sizeof(acc_t));
+  const bool keep_x = args.mode == Mode::kSoft && x_bytes + kScratchBytes <= max_block_smem();
+  const size_t smem = keep_x ? static_cast<size_t>(x_bytes) : 0;
+  allow_dynamic_smem(block_forward_kernel<scalar_t>, smem);
+  block_forward_kernel<scalar_t><<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem, stream>>>(
+      args, rows, length, aligned, keep_x, rng);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void forward(const ForwardArgs<scalar_t>& args, const Shape& shape, const Rng& rng,
+             cudaStream_t stream) {
+  constexpr int V = chunk_size<scalar_t>();
+  const int64_t rows = shape.rows(), length = shape.length;
+  if (rows == 0 || length == 0) return;
+  if (shape.inner > 1) {
+    const dim3 block = spatial_block(shape);
+    spatial_forward_kernel<scalar_t><<<spatial_grid(shape, block), block, 0, stream>>>(args, shape, rng);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const bool aligned = length % V == 0 && aligned16(args.logits) && aligned16(args.out);
+  if (length <= kMaxWarpRow) {
+    warp_forward<scalar_t>(ceil_log2(ceil_div(length, V)), args, rows, static_cast<int>(length),
+                           aligned, rng, stream);
+  } else {
+    block_forward<scalar_t>(args, rows, length, aligned, rng, stream);
+  }
+}
+
+template void forward<float>(const ForwardArgs<float>&, const Shape&, const Rng&, cudaStream_t);
+template void forward<double>(const ForwardArgs<double>&, const Shape&, const Rng&, cudaStream_t);
+template void forward<c10::Half>(const ForwardArgs<c10::Half>&, const Shape&, const Rng&, cudaStream_t);
+template void forward<c10::BFloat16>(const ForwardArgs<c10::BFloat16>&, const Shape&, const Rng&,
+                                     cudaStream_t);
+
+}  // namespace cuda
+}  // namespace gumbel_ext

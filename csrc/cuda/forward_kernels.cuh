@@ -1,0 +1,219 @@
+// Forward kernels: soft sample, exact one-hot, or Gumbel-max index (sample, k = 1), one
+// per strategy (see forward.cu for the ladder). In a header so that the CPU emulation
+// test (tests/emulation) runs exactly this code.
+#pragma once
+
+#include "rows.cuh"
+
+namespace gumbel_ext {
+namespace cuda {
+
+
+template <typename acc_t, int V>
+__device__ __forceinline__ void one_hot_chunk(int64_t c0, int64_t arg, bool finite, acc_t (&v)[V]) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) v[i] = finite ? acc_t(c0 + i == arg ? 1 : 0) : quiet_nan<acc_t>();
+}
+
+// ------------------------------------------------------------------- warp per row
+template <typename scalar_t, int kLog2Chunks>
+__global__ void __launch_bounds__(kWarpRowThreads)
+    warp_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int length, bool aligned, Rng rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int V = chunk_size<scalar_t>();
+  constexpr int K = 1 << kLog2Chunks;              // chunks per row, padded to a power of 2
+  constexpr int W = K < kWarpSize ? K : kWarpSize;  // lanes per row
+  constexpr int J = K / W;                          // chunks per lane
+  constexpr int R = kWarpSize / W;                  // rows per warp
+  uint64_t seed, offset;
+  seed_offset(rng, seed, offset);
+  const int lane = threadIdx.x % kWarpSize, lw = lane % W;
+  const int64_t rows_per_block = int64_t{blockDim.x / kWarpSize} * R;
+  const int64_t my_row = threadIdx.x / kWarpSize * R + lane / W;
+  for (int64_t base = blockIdx.x * rows_per_block; base < rows; base += gridDim.x * rows_per_block) {
+    // Rows past the end still take part in the shuffles, as empty rows.
+    const int64_t r = base + my_row;
+    const bool valid = r < rows;
+    const scalar_t* row = args.logits + (valid ? r : 0) * length;
+    acc_t x[J][V];
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int c0 = (j * W + lw) * V;
+      if (valid && c0 < length) {
+        perturbed_chunk<V>(row, c0, length, aligned, seed, offset, r, x[j]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) x[j][i] = neg_inf<acc_t>();
+      }
+    }
+    if (args.mode == Mode::kSoft) {
+      const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
+      const acc_t inv_sum = softmax_registers<W>(x, inv_tau);
+      if (!valid) continue;
+      scalar_t* out = args.out + r * length;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int c0 = (j * W + lw) * V;
+        if (c0 >= length) continue;
+        acc_t y[V];
+#pragma unroll
+        for (int i = 0; i < V; ++i) y[i] = x[j][i] * inv_sum;
+        store_chunk<V>(out, c0, length, aligned, y);
+      }
+      continue;
+    }
+    ArgMax<acc_t> best = argmax_identity<acc_t>();
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int c = (j * W + lw) * V + i;
+        if (c < length) best = ArgMaxOp()(best, ArgMax<acc_t>{x[j][i], c});
+      }
+    best = warp_allreduce<W>(best, ArgMaxOp());
+    if (!valid) continue;
+    if (args.mode == Mode::kIndex) {
+      if (lw == 0) args.indices[r] = best.i;
+      continue;
+    }
+    const bool finite = is_finite(best.v);
+    scalar_t* out = args.out + r * length;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int c0 = (j * W + lw) * V;
+      if (c0 >= length) continue;
+      acc_t y[V];
+      one_hot_chunk(c0, best.i, finite, y);
+      store_chunk<V>(out, c0, length, aligned, y);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ block per row
+template <typename scalar_t>
+__global__ void __launch_bounds__(kMaxBlockThreads)
+    block_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int64_t length, bool aligned,
+                         bool keep_x, Rng rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int V = chunk_size<scalar_t>();
+  __shared__ __align__(16) unsigned char scratch[kScratchBytes];
+  acc_t* xs = keep_x ? reinterpret_cast<acc_t*>(dynamic_smem()) : nullptr;
+  uint64_t seed, offset;
+  seed_offset(rng, seed, offset);
+  const int64_t chunks = ceil_div(length, V);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const scalar_t* row = args.logits + r * length;
+    if (args.mode == Mode::kSoft) {
+      const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
+      const SoftRow<acc_t> soft(
+          block_stats<V>(row, length, aligned, seed, offset, r, inv_tau, xs, scratch), inv_tau);
+      scalar_t* out = args.out + r * length;
+      for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kChunksInFlight * int64_t{blockDim.x}) {
+        acc_t x[kChunksInFlight][V];
+        if (xs != nullptr) {
+#pragma unroll
+          for (int u = 0; u < kChunksInFlight; ++u) {
+            const int64_t k = k0 + u * int64_t{blockDim.x};
+#pragma unroll
+            for (int i = 0; i < V; ++i) x[u][i] = k < chunks ? xs[i * chunks + k] : acc_t(0);
+          }
+        } else {
+          perturbed_chunks<kChunksInFlight>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+        }
+#pragma unroll
+        for (int u = 0; u < kChunksInFlight; ++u) {
+          const int64_t k = k0 + u * int64_t{blockDim.x};
+          if (k >= chunks) break;
+#pragma unroll
+          for (int i = 0; i < V; ++i) x[u][i] = soft(x[u][i]);
+          store_chunk<V>(out, k * V, length, aligned, x[u]);
+        }
+      }
+      continue;
+    }
+    ArgMax<acc_t> best = argmax_identity<acc_t>();
+    for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kChunksInFlight * int64_t{blockDim.x}) {
+      acc_t x[kChunksInFlight][V];
+      perturbed_chunks<kChunksInFlight>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+#pragma unroll
+      for (int u = 0; u < kChunksInFlight; ++u) {
+        const int64_t c0 = (k0 + u * int64_t{blockDim.x}) * V;
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          if (c0 + i < length) best = ArgMaxOp()(best, ArgMax<acc_t>{x[u][i], c0 + i});
+      }
+    }
+    best = block_allreduce(best, ArgMaxOp(), argmax_identity<acc_t>(), scratch);
+    if (args.mode == Mode::kIndex) {
+      if (threadIdx.x == 0) args.indices[r] = best.i;
+      continue;
+    }
+    const bool finite = is_finite(best.v);
+    scalar_t* out = args.out + r * length;
+    for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
+      acc_t y[V];
+      one_hot_chunk(k * V, best.i, finite, y);
+      store_chunk<V>(out, k * V, length, aligned, y);
+    }
+  }
+}
+
+// ------------------------------------------------------------ parallel over inner
+template <typename scalar_t>
+__global__ void __launch_bounds__(kSpatialThreads)
+    spatial_forward_kernel(ForwardArgs<scalar_t> args, Shape shape, Rng rng) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ __align__(16) unsigned char scratch[kScratchBytes];
+  uint64_t seed, offset;
+  seed_offset(rng, seed, offset);
+  const int64_t length = shape.length, inner = shape.inner;
+  const int64_t quads = ceil_div(length, 4);
+  for (int64_t o = blockIdx.y; o < shape.outer; o += gridDim.y) {
+    for (int64_t i0 = int64_t{blockIdx.x} * blockDim.x; i0 < inner; i0 += int64_t{gridDim.x} * blockDim.x) {
+      const int64_t i = i0 + threadIdx.x;
+      const bool valid = i < inner;
+      const int64_t r = o * inner + i;
+      const int64_t start = o * length * inner + i;
+      const scalar_t* row = args.logits + (valid ? start : 0);
+      if (args.mode == Mode::kSoft) {
+        const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
+        const SoftRow<acc_t> soft(
+            spatial_stats(row, inner, length, valid, seed, offset, r, inv_tau, scratch), inv_tau);
+        if (!valid) continue;
+        scalar_t* out = args.out + start;
+        for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+          acc_t x[4];
+          perturbed_quad(row, inner, q, length, seed, offset, r, x);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (4 * q + j < length) out[(4 * q + j) * inner] = static_cast<scalar_t>(soft(x[j]));
+        }
+        continue;
+      }
+      ArgMax<acc_t> best = argmax_identity<acc_t>();
+      if (valid) {
+        for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+          acc_t x[4];
+          perturbed_quad(row, inner, q, length, seed, offset, r, x);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (4 * q + j < length) best = ArgMaxOp()(best, ArgMax<acc_t>{x[j], 4 * q + j});
+        }
+      }
+      best = column_allreduce(best, ArgMaxOp(), scratch);
+      if (!valid) continue;
+      if (args.mode == Mode::kIndex) {
+        if (threadIdx.y == 0) args.indices[r] = best.i;
+        continue;
+      }
+      const bool finite = is_finite(best.v);
+      scalar_t* out = args.out + start;
+      for (int64_t c = threadIdx.y; c < length; c += blockDim.y) {
+        out[c * inner] = static_cast<scalar_t>(finite ? acc_t(c == best.i ? 1 : 0) : quiet_nan<acc_t>());
+      }
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace gumbel_ext

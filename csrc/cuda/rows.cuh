@@ -1,0 +1,130 @@
+// Per-row statistics of the three strategies, shared by the forward and the backward
+// kernels. Note [Regenerated y_soft]: a hard backward rebuilds y_soft with exactly the
+// code, launch shape and summation order of the soft forward of the same strategy, then
+// rounds it through the output dtype, so straight-through gradients equal the soft ones
+// bit for bit.
+#pragma once
+
+#include "common.cuh"
+
+namespace gumbel_ext {
+namespace cuda {
+
+// Threads per block of the warp-per-row kernels.
+constexpr int kWarpRowThreads = 128;
+// Rows up to this length are held in registers, one warp (or part of one) per row.
+constexpr int kMaxWarpRow = 1024;
+// Threads per block of the kernels parallel over the inner dim.
+constexpr int kSpatialThreads = 256;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t row_inv_tau(const acc_t* tau_rows, double inv_tau, int64_t r) {
+  return tau_rows != nullptr ? acc_t(1) / tau_rows[r] : static_cast<acc_t>(inv_tau);
+}
+
+// One row of a block or spatial kernel: y_c = exp((x_c - X) * inv_tau) / S, or NaN
+// everywhere when X is not finite (see Note [Per-row softmax math]).
+template <typename acc_t>
+struct SoftRow {
+  acc_t x_max;
+  acc_t inv_sum;
+  acc_t inv_tau;
+  bool finite;
+
+  __device__ __forceinline__ SoftRow(MaxSum<acc_t> st, acc_t inv_tau_)
+      : x_max(st.m), inv_sum(acc_t(1) / st.s), inv_tau(inv_tau_), finite(is_finite(st.m)) {}
+
+  __device__ __forceinline__ acc_t operator()(acc_t x) const {
+    return finite ? acc_exp(scaled_exponent(x, x_max, inv_tau)) * inv_sum : quiet_nan<acc_t>();
+  }
+};
+
+// ---- warp per row: the row in registers, lane `lw` of W holds chunks j * W + lw.
+// x (perturbed logits, -inf past the row) becomes e = exp((x - X) * inv_tau); returns
+// 1 / sum(e). NaN rows come out NaN by themselves: X NaN or +-inf makes the sum NaN.
+template <int W, int J, int V, typename acc_t>
+__device__ __forceinline__ acc_t softmax_registers(acc_t (&x)[J][V], acc_t inv_tau) {
+  acc_t x_max = neg_inf<acc_t>();
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int i = 0; i < V; ++i) x_max = nan_max(x_max, x[j][i]);
+  x_max = warp_allreduce<W>(x_max, MaxOp());
+  acc_t sum = 0;
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      x[j][i] = x[j][i] == neg_inf<acc_t>() ? acc_t(0)
+                                            : acc_exp(scaled_exponent(x[j][i], x_max, inv_tau));
+      sum += x[j][i];
+    }
+  sum = warp_allreduce<W>(sum, SumOp());
+  return acc_t(1) / sum;
+}
+
+// ---- block per row: thread t holds chunks k = t, t + T, ...; `xs` (optional, shared
+// memory laid out [V][chunks] so that a warp's accesses hit distinct banks) keeps x for
+// a second pass.
+template <int V, typename scalar_t, typename acc_t>
+__device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict__ row,
+                                                     int64_t length, bool aligned, uint64_t seed,
+                                                     uint64_t offset, uint64_t r, acc_t inv_tau,
+                                                     acc_t* xs, void* scratch) {
+  constexpr int U = kChunksInFlight;
+  const int64_t chunks = ceil_div(length, V);
+  MaxSum<acc_t> st = max_sum_identity<acc_t>();
+  // Chunks k = t, t + T, t + 2T, ... in this order (U at a time).
+  for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += U * int64_t{blockDim.x}) {
+    acc_t x[U][V];
+    perturbed_chunks<U>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + u * int64_t{blockDim.x};
+      if (k >= chunks) break;
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        if (xs != nullptr) xs[i * chunks + k] = x[u][i];
+        max_sum_add(st, x[u][i], inv_tau);
+      }
+    }
+  }
+  return block_allreduce(st, MaxSumOp<acc_t>{inv_tau}, max_sum_identity<acc_t>(), scratch);
+}
+
+// ---- spatial: thread (tx, ty) walks 4-column blocks q = ty, ty + by, ... of row r,
+// whose elements are `inner` apart.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void perturbed_quad(const scalar_t* __restrict__ row, int64_t inner,
+                                               int64_t q, int64_t length, uint64_t seed,
+                                               uint64_t offset, uint64_t r, acc_t (&x)[4]) {
+  const Philox4 p = philox_block(seed, offset, r, static_cast<uint64_t>(q));
+  const uint32_t bits[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int64_t c = 4 * q + j;
+    x[j] = c < length ? static_cast<acc_t>(row[c * inner]) + static_cast<acc_t>(gumbel_from_bits(bits[j]))
+                      : neg_inf<acc_t>();
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ MaxSum<acc_t> spatial_stats(const scalar_t* __restrict__ row,
+                                                       int64_t inner, int64_t length, bool valid,
+                                                       uint64_t seed, uint64_t offset, uint64_t r,
+                                                       acc_t inv_tau, void* scratch) {
+  MaxSum<acc_t> st = max_sum_identity<acc_t>();
+  if (valid) {
+    const int64_t quads = ceil_div(length, 4);
+    for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+      acc_t x[4];
+      perturbed_quad(row, inner, q, length, seed, offset, r, x);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) max_sum_add(st, x[j], inv_tau);
+    }
+  }
+  return column_allreduce(st, MaxSumOp<acc_t>{inv_tau}, scratch);
+}
+
+}  // namespace cuda
+}  // namespace gumbel_ext

@@ -1,0 +1,196 @@
+// C entry points (for ctypes) that run the CUDA kernels under the SIMT emulator with the
+// launch choices of csrc/cuda/forward.cu / backward.cu / noise_topk.cu. Two knobs the
+// real launchers do not have: `grid_cap` shrinks grids so that the grid-stride loops
+// run, and `smem_budget` decides what the block-per-row kernels keep on chip.
+#include "simt.h"
+
+#include "backward_kernels.cuh"
+#include "forward_kernels.cuh"
+#include "noise_kernels.cuh"
+
+namespace gumbel_ext {
+namespace cuda {
+namespace {
+
+enum DType : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+
+template <typename F>
+int with_dtype(int dtype, F&& f) {
+  switch (dtype) {
+    case kF32: f(float{}); return 0;
+    case kF64: f(double{}); return 0;
+    case kF16: f(c10::Half{}); return 0;
+    case kBF16: f(c10::BFloat16{}); return 0;
+    default: return -1;
+  }
+}
+
+// kind 0: replay rng[0..1]; 1: philox eager (seed, offset) = rng[0..1];
+// 2: philox captured (pointers to rng[0] and rng[1], plus intragraph).
+Rng make_rng(int kind, int64_t* rng, uint64_t intragraph, int64_t* record) {
+  Rng r;
+  r.record = record;
+  if (kind == 0) {
+    r.replay = rng;
+  } else if (kind == 1) {
+    r.philox = at::PhiloxCudaState(static_cast<uint64_t>(rng[0]), static_cast<uint64_t>(rng[1]));
+  } else {
+    r.philox = at::PhiloxCudaState(rng, rng + 1, intragraph);
+  }
+  return r;
+}
+
+unsigned capped(int64_t n, int64_t cap) { return static_cast<unsigned>(std::max<int64_t>(1, std::min(n, cap))); }
+
+template <typename F, int L = 0, int kMax = 8>
+void with_log2(int l, F&& f) {
+  if constexpr (L <= kMax) {
+    if (l == L) {
+      f(std::integral_constant<int, L>{});
+    } else {
+      with_log2<F, L + 1, kMax>(l, std::forward<F>(f));
+    }
+  }
+}
+
+int finish() { return simt::Barrier::deadlocks().exchange(0) == 0 ? 0 : -2; }
+
+}  // namespace
+}  // namespace cuda
+}  // namespace gumbel_ext
+
+using namespace gumbel_ext::cuda;
+
+extern "C" {
+
+int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int mode, int64_t outer,
+                int64_t length, int64_t inner, const void* tau_rows, double inv_tau, int rng_kind,
+                int64_t* rng, uint64_t intragraph, int64_t* record, int64_t smem_budget, int64_t grid_cap) {
+  const Shape shape{outer, length, inner};
+  const Rng r = make_rng(rng_kind, rng, intragraph, record);
+  const int rc = with_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = chunk_size<scalar_t>();
+    ForwardArgs<scalar_t> args;
+    args.logits = static_cast<const scalar_t*>(logits);
+    args.out = static_cast<scalar_t*>(out);
+    args.indices = indices;
+    args.tau_rows = static_cast<const acc_t*>(tau_rows);
+    args.inv_tau = inv_tau;
+    args.mode = static_cast<Mode>(mode);
+    const int64_t rows = shape.rows();
+    if (inner > 1) {
+      const dim3 block = spatial_block(shape);
+      dim3 grid = spatial_grid(shape, block);
+      grid.x = capped(grid.x, grid_cap);
+      grid.y = capped(grid.y, grid_cap);
+      simt::launch(spatial_forward_kernel<scalar_t>, grid, block, 0, args, shape, r);
+      return;
+    }
+    const bool aligned = length % V == 0 && aligned16(args.logits) && aligned16(args.out);
+    if (length <= kMaxWarpRow) {
+      with_log2(ceil_log2(ceil_div(length, V)), [&](auto l) {
+        constexpr int L = decltype(l)::value;
+        if constexpr ((1 << L) * V <= kMaxWarpRow) {
+          constexpr int W = (1 << L) < kWarpSize ? (1 << L) : kWarpSize;
+          constexpr int per_block = kWarpRowThreads / kWarpSize * (kWarpSize / W);
+          simt::launch(warp_forward_kernel<scalar_t, L>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
+                       dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), aligned, r);
+        }
+      });
+      return;
+    }
+    const int64_t chunks = ceil_div(length, V);
+    const int64_t x_bytes = chunks * V * static_cast<int64_t>(sizeof(acc_t));
+    const bool keep_x = args.mode == Mode::kSoft && x_bytes + kScratchBytes <= smem_budget;
+    simt::launch(block_forward_kernel<scalar_t>, dim3(capped(rows, grid_cap)), dim3(row_block_threads(chunks)),
+                 keep_x ? x_bytes : 0, args, rows, length, aligned, keep_x, r);
+  });
+  return rc != 0 ? rc : finish();
+}
+
+int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logits, void* grad_tau,
+                 const void* tau_rows, double inv_tau, int hard, int64_t outer, int64_t length,
+                 int64_t inner, int64_t* rng_state, int64_t smem_budget, int64_t grid_cap) {
+  const Shape shape{outer, length, inner};
+  Rng r;
+  r.replay = rng_state;
+  const int rc = with_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = chunk_size<scalar_t>();
+    BackwardArgs<scalar_t> args;
+    args.grad = static_cast<const scalar_t*>(grad);
+    args.saved = static_cast<const scalar_t*>(saved);
+    args.grad_logits = static_cast<scalar_t*>(grad_logits);
+    args.grad_tau = static_cast<acc_t*>(grad_tau);
+    args.tau_rows = static_cast<const acc_t*>(tau_rows);
+    args.inv_tau = inv_tau;
+    args.hard = hard != 0;
+    const int64_t rows = shape.rows();
+    if (inner > 1) {
+      const dim3 block = spatial_block(shape);
+      dim3 grid = spatial_grid(shape, block);
+      grid.x = capped(grid.x, grid_cap);
+      grid.y = capped(grid.y, grid_cap);
+      simt::launch(spatial_backward_kernel<scalar_t>, grid, block, 0, args, shape, r);
+      return;
+    }
+    const bool aligned = length % V == 0 && aligned16(args.grad) && aligned16(args.saved) &&
+                         aligned16(args.grad_logits);
+    if (length <= kMaxWarpRow) {
+      with_log2(ceil_log2(ceil_div(length, V)), [&](auto l) {
+        constexpr int L = decltype(l)::value;
+        if constexpr ((1 << L) * V <= kMaxWarpRow) {
+          constexpr int W = (1 << L) < kWarpSize ? (1 << L) : kWarpSize;
+          constexpr int per_block = kWarpRowThreads / kWarpSize * (kWarpSize / W);
+          simt::launch(warp_backward_kernel<scalar_t, L>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
+                       dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), aligned, r);
+        }
+      });
+      return;
+    }
+    const int64_t chunks = ceil_div(length, V);
+    const int64_t budget = smem_budget - kScratchBytes;
+    const int64_t y_bytes = chunks * V * static_cast<int64_t>(sizeof(acc_t));
+    const int64_t g_bytes = chunks * V * static_cast<int64_t>(sizeof(scalar_t));
+    const bool keep_y = y_bytes <= budget;
+    const bool keep_g = (keep_y ? y_bytes : 0) + g_bytes <= budget;
+    const size_t smem = static_cast<size_t>((keep_y ? y_bytes : 0) + (keep_g ? g_bytes : 0));
+    simt::launch(block_backward_kernel<scalar_t>, dim3(capped(rows, grid_cap)), dim3(row_block_threads(chunks)),
+                 smem, args, rows, length, aligned, keep_y, keep_g, r);
+  });
+  return rc != 0 ? rc : finish();
+}
+
+int emu_noise(float* out, int64_t outer, int64_t length, int64_t inner, int64_t* rng_state, int64_t grid_cap) {
+  Rng r;
+  r.replay = rng_state;
+  simt::launch(noise_kernel, dim3(capped(grid_cap, grid_cap)), dim3(kElementwiseThreads), 0, out,
+               Shape{outer, length, inner}, r);
+  return finish();
+}
+
+int emu_keys(int dtype, const void* logits, void* keys, int32_t* cols, int64_t outer, int64_t length,
+             int64_t inner, int64_t row_begin, int64_t num_rows, int64_t* rng_state, int64_t grid_cap) {
+  Rng r;
+  r.replay = rng_state;
+  const int rc = with_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    simt::launch(keys_kernel<scalar_t>, dim3(capped(grid_cap, grid_cap)), dim3(kElementwiseThreads), 0,
+                 static_cast<const scalar_t*>(logits), static_cast<acc_t*>(keys), cols,
+                 Shape{outer, length, inner}, row_begin, num_rows, r);
+  });
+  return rc != 0 ? rc : finish();
+}
+
+int emu_gather(const int32_t* sorted_cols, int64_t* out, int64_t num_rows, int64_t length, int64_t k,
+               int64_t grid_cap) {
+  simt::launch(gather_kernel, dim3(capped(grid_cap, grid_cap)), dim3(kElementwiseThreads), 0, sorted_cols,
+               out, num_rows, length, k);
+  return finish();
+}
+
+}  // extern "C"

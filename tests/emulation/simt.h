@@ -1,0 +1,145 @@
+// A tiny SIMT emulator: runs the project's CUDA kernels (csrc/cuda/*_kernels.cuh) on the
+// CPU, so that their indexing, reductions and special-value handling are executed and
+// compared with the CPU ops on a machine without a GPU.
+//
+// One std::thread per CUDA thread; the blocks of a grid run one after another, so a
+// `static` local is exactly a block's __shared__ array. __syncthreads and the warp
+// shuffles are barriers over the block / the warp: a kernel that lets some lanes skip a
+// shuffle or some threads skip a __syncthreads hangs here, and the barrier's timeout
+// reports it. What it cannot show: GPU timing, the memory model, and the device libm's
+// last-ulp differences (host expf/logf are used).
+#pragma once
+
+#include <cuda_runtime.h>  // dim3, uint3; __global__ & co. are defined empty for the host
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace simt {
+
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (broken_) return;
+    const uint64_t generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return generation_ != generation || broken_; })) {
+      broken_ = true;  // someone never arrived: a divergent barrier or shuffle
+      deadlocks().fetch_add(1);
+      cv_.notify_all();
+    }
+  }
+
+  static std::atomic<int>& deadlocks() {
+    static std::atomic<int> count{0};
+    return count;
+  }
+
+ private:
+  const int count_;
+  int arrived_ = 0;
+  uint64_t generation_ = 0;
+  bool broken_ = false;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+};
+
+struct Block {
+  explicit Block(int threads) : threads(threads), sync(threads), slots(threads) {
+    for (int w = 0; w * 32 < threads; ++w) warps.emplace_back(new Barrier(std::min(32, threads - w * 32)));
+  }
+  int threads;
+  Barrier sync;
+  std::vector<std::unique_ptr<Barrier>> warps;
+  std::vector<uint64_t> slots;
+};
+
+inline thread_local Block* t_block = nullptr;
+inline thread_local int t_linear = 0;
+inline thread_local uint3 t_thread_idx, t_block_idx;
+inline thread_local dim3 t_block_dim, t_grid_dim;
+
+inline std::vector<unsigned char>& dynamic_shared() {
+  static std::vector<unsigned char> bytes;
+  return bytes;
+}
+
+// Runs kernel<<<grid, block, smem>>>(args...) to completion.
+template <typename... KernelArgs, typename... Args>
+void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
+  // Uninitialized shared memory reads as NaN / garbage, as it may on a GPU.
+  dynamic_shared().assign(smem + 16, 0xFF);
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        Block ctx(threads);
+        std::vector<std::thread> pool;
+        pool.reserve(threads);
+        for (int t = 0; t < threads; ++t) {
+          pool.emplace_back([&, t] {
+            t_block = &ctx;
+            t_linear = t;
+            t_thread_idx = uint3{static_cast<unsigned>(t % block.x),
+                                 static_cast<unsigned>(t / block.x % block.y),
+                                 static_cast<unsigned>(t / (block.x * block.y))};
+            t_block_idx = uint3{bx, by, bz};
+            t_block_dim = block;
+            t_grid_dim = grid;
+            kernel(args...);
+          });
+        }
+        for (auto& th : pool) th.join();
+      }
+}
+
+}  // namespace simt
+
+#define threadIdx (::simt::t_thread_idx)
+#define blockIdx (::simt::t_block_idx)
+#define blockDim (::simt::t_block_dim)
+#define gridDim (::simt::t_grid_dim)
+#undef __shared__
+#define __shared__ static
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+
+inline void __syncthreads() { simt::t_block->sync.wait(); }
+
+// Every lane of the warp must call it (the kernels use the full mask).
+template <typename T>
+T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of at most 8 bytes");
+  simt::Block& b = *simt::t_block;
+  const int lane = simt::t_linear % 32, warp = simt::t_linear / 32;
+  uint64_t mine = 0;
+  std::memcpy(&mine, &value, sizeof(T));
+  b.slots[simt::t_linear] = mine;
+  b.warps[warp]->wait();
+  const int src = lane ^ lane_mask;
+  T result = value;
+  if (src / width == lane / width && warp * 32 + src < b.threads) {
+    const uint64_t theirs = b.slots[warp * 32 + src];
+    std::memcpy(&result, &theirs, sizeof(T));
+  }
+  b.warps[warp]->wait();
+  return result;
+}
+
+#define GUMBEL_EXT_HOST_EMULATION 1
+inline unsigned char* dynamic_smem() { return simt::dynamic_shared().data(); }

@@ -1,0 +1,375 @@
+"""The CUDA kernels executed on the CPU by a SIMT emulator (tests/emulation), compared with
+the CPU ops for the same (seed, offset).
+
+This runs the very code of csrc/cuda/*_kernels.cuh -- every strategy, dtype and mode,
+shared-memory variants, grid-stride loops, special values, the three rng sources --
+on machines without a GPU. It checks the kernels' logic: indexing, reductions, tie and
+NaN rules, and that a hard backward regenerates y_soft bit for bit. It cannot check GPU
+timing, the memory model or the device libm (host expf/logf are used, which is why the
+noise and the one-hots must equal the CPU kernels' exactly). tests/test_cuda.py runs the
+real thing on a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from gumbel_ext import _ops, reference
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cuh")) + [
+    ROOT / "csrc" / "cuda" / "kernels.h",
+    ROOT / "csrc" / "gumbel_noise.h",
+    ROOT / "tests" / "emulation" / "simt.h",
+    ROOT / "tests" / "emulation" / "harness.cpp",
+]
+DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+MODES = {"soft": 0, "hard": 1, "index": 2}
+BIG_SMEM = 227 * 1024  # an H100's opt-in limit per block
+TOL = {
+    torch.float32: dict(rtol=2e-6, atol=1e-7),
+    torch.float64: dict(rtol=1e-12, atol=1e-14),
+    torch.float16: dict(rtol=1e-3, atol=1e-5),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5),
+}
+
+pytestmark = pytest.mark.skipif(not _ops.has_kernel(torch.device("cpu")), reason="the CPU extension is not built")
+
+
+def _cuda_include() -> Path | None:
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if home and (Path(home) / "include" / "cuda_runtime.h").is_file():
+            return Path(home) / "include"
+    return None
+
+
+@pytest.fixture(scope="module")
+def emu():
+    include = _cuda_include()
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if include is None or cxx is None:
+        pytest.skip("the emulation needs the CUDA headers (cuda_runtime.h) and a C++ compiler")
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + torch.__version__.encode()).hexdigest()[:16]
+    out_dir = ROOT / "build" / "cuda-emulation"
+    lib_path = out_dir / f"harness-{digest}.so"
+    if not lib_path.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stand_in = out_dir / "include" / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        torch_lib = library_paths()[0]
+        cmd = [cxx, "-std=c++17", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-c++20-extensions",
+               "-o", str(lib_path) + ".tmp", str(ROOT / "tests" / "emulation" / "harness.cpp"),
+               f"-I{ROOT / 'csrc' / 'cuda'}", f"-I{out_dir / 'include'}", f"-I{include}"]
+        cmd += [f"-I{d}" for d in include_paths()]
+        cmd += [f"-L{torch_lib}", "-lc10", f"-Wl,-rpath,{torch_lib}"]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.returncode == 0, "building the emulation harness failed:\n" + proc.stdout
+        os.replace(str(lib_path) + ".tmp", lib_path)
+    return Emulator(ctypes.CDLL(str(lib_path)))
+
+
+def _p(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def layout(shape, dim):
+    if len(shape) == 0:
+        return 1, 1, 1
+    dim %= len(shape)
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+class Emulator:
+    def __init__(self, lib):
+        self.lib = lib
+        i64, f64, vp, i32 = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
+        lib.emu_forward.argtypes = [i32, vp, vp, vp, i32, i64, i64, i64, vp, f64, i32, vp, ctypes.c_uint64, vp, i64, i64]
+        lib.emu_backward.argtypes = [i32, vp, vp, vp, vp, vp, f64, i32, i64, i64, i64, vp, i64, i64]
+        lib.emu_noise.argtypes = [vp, i64, i64, i64, vp, i64]
+        lib.emu_keys.argtypes = [i32, vp, vp, vp, i64, i64, i64, i64, i64, vp, i64]
+        lib.emu_gather.argtypes = [vp, vp, i64, i64, i64, i64]
+
+    def forward(self, x, tau, mode, dim, state, tau_rows=None, rng_kind=0, intragraph=0,
+                smem=BIG_SMEM, grid_cap=3, out=None):
+        outer, length, inner = layout(tuple(x.shape), dim)
+        result = None
+        if mode == "index":
+            result = torch.empty(outer * inner, dtype=torch.int64)
+        elif out is None:
+            out = torch.empty_like(x)
+        rng = state.clone()
+        record = torch.zeros(2, dtype=torch.int64)
+        rc = self.lib.emu_forward(DTYPE_CODE[x.dtype], _p(x), _p(out), _p(result), MODES[mode], outer, length,
+                                  inner, _p(tau_rows), 1.0 / tau, rng_kind, _p(rng), intragraph, _p(record),
+                                  smem, grid_cap)
+        assert rc == 0, "a barrier or shuffle was not reached by every thread" if rc == -2 else rc
+        return (result if mode == "index" else out), record
+
+    def backward(self, grad, saved, state, tau, hard, dim, tau_rows=None, need_grad_tau=False,
+                 smem=BIG_SMEM, grid_cap=3, grad_logits=None):
+        outer, length, inner = layout(tuple(saved.shape), dim)
+        grad_logits = torch.empty_like(saved) if grad_logits is None else grad_logits
+        grad_tau = torch.full_like(tau_rows, math.nan) if need_grad_tau else None
+        rng = state.clone()  # (kept alive through the call: ctypes holds only the pointer)
+        rc = self.lib.emu_backward(DTYPE_CODE[saved.dtype], _p(grad), _p(saved), _p(grad_logits), _p(grad_tau),
+                                   _p(tau_rows), 1.0 / tau, int(hard), outer, length, inner, _p(rng),
+                                   smem, grid_cap)
+        assert rc == 0, rc
+        return grad_logits, grad_tau
+
+    def noise(self, shape, dim, state, grid_cap=5):
+        out = torch.full(shape, math.nan, dtype=torch.float32)
+        rng = state.clone()
+        assert self.lib.emu_noise(_p(out), *layout(tuple(shape), dim), _p(rng), grid_cap) == 0
+        return out
+
+    def topk(self, x, k, dim, state, batch=None):
+        """The CUDA top-k pipeline: keys kernel per row batch, a stable sort, gather kernel."""
+        outer, length, inner = layout(tuple(x.shape), dim)
+        rows = outer * inner
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        result = torch.empty(rows, k, dtype=torch.int64)
+        batch = batch or rows
+        rng = state.clone()
+        for r0 in range(0, rows, batch):
+            n = min(batch, rows - r0)
+            keys = torch.empty(n, length, dtype=acc)
+            cols = torch.empty(n, length, dtype=torch.int32)
+            rc = self.lib.emu_keys(DTYPE_CODE[x.dtype], _p(x), _p(keys), _p(cols), outer, length, inner, r0, n,
+                                   _p(rng), 4)
+            assert rc == 0
+            assert torch.equal(cols, torch.arange(length, dtype=torch.int32).expand(n, length))
+            order = torch.sort(keys, dim=1, descending=True, stable=True).indices
+            sorted_cols = torch.gather(cols, 1, order).contiguous()
+            assert self.lib.emu_gather(_p(sorted_cols), _p(result[r0:]), n, length, k, 3) == 0
+        return result
+
+
+ops = torch.ops.gumbel_ext
+
+
+def state_of(seed, offset=0):
+    return torch.tensor([seed, offset], dtype=torch.int64)
+
+
+def logits(shape, dtype, seed=0):
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 3).to(dtype)
+
+
+# Shapes by strategy: warp per row (1 .. 1024, several rows per warp below 32 columns),
+# block per row (> 1024), parallel over inner (dim not last).
+WARP = [((37, 1), -1), ((37, 3), -1), ((37, 7), -1), ((21, 32), -1), ((13, 33), -1), ((9, 100), -1),
+        ((5, 1000), -1), ((3, 1024), -1), ((), 0)]
+BLOCK = [((3, 1025), -1), ((2, 4096), -1), ((2, 5003), -1)]
+SPATIAL = [((3, 7, 5), 1), ((2, 1000, 3), 1), ((1, 5, 300), 1), ((2, 3, 40), 1), ((1500, 2), 0), ((3, 1, 4), 1)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def cpu_forward(x, tau, hard, dim, state, tau_rows=None):
+    return ops.gumbel_softmax_forward(x, tau, tau_rows, hard, dim, None, state)[0]
+
+
+def cpu_tol(dtype, length):
+    """Tolerance against the CPU kernel, which sums a row sequentially in float: its
+    relative error grows like sqrt(C) * eps (the kernels' tree sums are more accurate)."""
+    if dtype == torch.float32:
+        return dict(rtol=2e-6 + 3e-7 * math.sqrt(length), atol=1e-7)
+    return TOL[dtype]
+
+
+def backward_tol(dtype, length, hard, tau=False):
+    """dL/dlogit = y (g - dot) / tau cancels where g ~ dot: the error scales with |g| * eps
+    and with the CPU's y and dot sums (see cpu_tol)."""
+    if dtype == torch.float64:
+        return dict(rtol=1e-10, atol=1e-12)
+    if dtype == torch.float32:
+        r = cpu_tol(dtype, length)["rtol"]
+        return dict(rtol=2 * r + 1e-5, atol=10 * r + 1e-5)
+    if hard:  # y_soft rounded to the half dtype may differ by an ulp from the CPU's
+        return dict(rtol=2e-2, atol=2e-3) if tau else dict(rtol=4 * TOL[dtype]["rtol"], atol=4e-3)
+    return dict(rtol=1e-4, atol=1e-5) if tau else TOL[dtype]
+
+
+def exact_soft(x, dim, state, tau, tau_rows=None):
+    """y from the same x = logit + noise (rounded in the accumulation dtype as the
+    kernels round it), then the softmax in float64."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xx = (x.to(acc) + ops.gumbel_noise(x, dim, state).to(acc)).double()
+    t = tau_rows.double() if tau_rows is not None else tau
+    return torch.softmax((xx - xx.amax(dim, keepdim=True)) / t, dim)
+
+
+# ------------------------------------------------------------------------------ noise
+@pytest.mark.parametrize("shape,dim", [((5, 1000), -1), ((3, 7, 9), 1), ((4, 1025), 0), ((7,), 0), ((), 0)])
+@pytest.mark.parametrize("offset", [0, 8, 2**40 + 4])
+def test_noise_bitwise(emu, shape, dim, offset):
+    state = state_of(0x1234_5678_9ABC, offset)
+    assert torch.equal(emu.noise(shape, dim, state), ops.gumbel_noise(torch.zeros(shape), dim, state))
+
+
+# ---------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", WARP + BLOCK + SPATIAL)
+def test_forward_equals_cpu(emu, shape, dim, dtype):
+    x = logits(shape, dtype, seed=1)
+    state = state_of(2024, 12)
+    for smem in (BIG_SMEM, 0):  # block kernels: x kept in shared memory, or regenerated
+        soft, record = emu.forward(x, 0.7, "soft", dim, state, smem=smem)
+        assert torch.equal(record, state)
+        length = shape[dim] if shape else 1
+        torch.testing.assert_close(soft, cpu_forward(x, 0.7, False, dim, state), **cpu_tol(dtype, length))
+        if dtype in (torch.float32, torch.float64):
+            torch.testing.assert_close(soft.double(), exact_soft(x, dim, state, 0.7), rtol=1e-5, atol=1e-9)
+        if smem == BIG_SMEM:
+            soft_big = soft
+        else:
+            assert torch.equal(soft, soft_big), "keeping x on chip must not change a bit"
+    # x = logit + noise is bitwise the CPU's here, so the argmax is exactly the CPU's.
+    hard, _ = emu.forward(x, 0.7, "hard", dim, state)
+    assert torch.equal(hard, cpu_forward(x, 0.7, True, dim, state))
+    index, _ = emu.forward(x, 0.7, "index", dim, state)
+    assert torch.equal(index.view(ops.sample(x, 1, dim, None, state).shape), ops.sample(x, 1, dim, None, state))
+
+
+@pytest.mark.parametrize("shape,dim", [((37, 7), -1), ((5, 1000), -1), ((2, 5003), -1), ((2, 1000, 3), 1)])
+def test_forward_matches_reference(emu, shape, dim):
+    x = logits(shape, torch.float64, seed=2)
+    state = state_of(99, 4)
+    soft, _ = emu.forward(x, 0.3, "soft", dim, state)
+    # The reference's torch.log may differ from logf in the last ulp of the float32 noise.
+    torch.testing.assert_close(soft, reference.gumbel_softmax(x, 0.3, False, dim, rng_state=state), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape,dim", [((7, 40), -1), ((3, 4096), -1), ((2, 50, 3), 1)])
+def test_tau_rows(emu, shape, dim):
+    x = logits(shape, torch.float32, seed=3)
+    keep = list(shape)
+    keep[dim] = 1
+    tau_rows = torch.rand(keep, generator=torch.Generator().manual_seed(3)) + 0.2
+    state = state_of(5)
+    soft, _ = emu.forward(x, 1.0, "soft", dim, state, tau_rows=tau_rows)
+    torch.testing.assert_close(soft, cpu_forward(x, 1.0, False, dim, state, tau_rows), **cpu_tol(torch.float32, shape[dim]))
+    torch.testing.assert_close(soft.double(), exact_soft(x, dim, state, 1.0, tau_rows), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape,dim", [((6, 40), -1), ((6, 1000), -1), ((6, 3000), -1), ((6, 30, 3), 1)])
+def test_special_values(emu, shape, dim):
+    x = logits(shape, torch.float32, seed=4).movedim(dim, -1).contiguous()
+    x[0, ..., 1::2] = -math.inf
+    x[1, ..., 3] = math.nan
+    x[2, ..., 5] = math.inf
+    x[3] = -math.inf
+    x[4, ..., :-1] = -math.inf
+    x = x.movedim(-1, dim).contiguous()
+    state = state_of(3)
+    for smem in (BIG_SMEM, 0):
+        for mode in ("soft", "hard"):
+            out, _ = emu.forward(x, 0.5, mode, dim, state, smem=smem)
+            expected = cpu_forward(x, 0.5, mode == "hard", dim, state)
+            torch.testing.assert_close(out, expected, equal_nan=True, **cpu_tol(torch.float32, shape[dim]))
+    index, _ = emu.forward(x, 0.5, "index", dim, state)
+    # NaN / +inf / all -inf rows: torch.argmax of x = logits + noise, NaN first, ties
+    # to the lowest index (the CPU op raises instead; see Note [CUDA sample errors]).
+    expected = (x + ops.gumbel_noise(x, dim, state)).argmax(dim).reshape(-1)
+    assert torch.equal(index, expected)
+
+
+def test_rng_sources(emu):
+    """replay, eager philox and captured philox (offset = *ptr + intragraph) agree, and
+    the kernel records the pair it used."""
+    x = logits((9, 100), torch.float32, seed=5)
+    seed, offset = 0x7FFF_0000_1234, 64
+    replay, rec0 = emu.forward(x, 1.0, "soft", -1, state_of(seed, offset + 40))
+    eager, rec1 = emu.forward(x, 1.0, "soft", -1, state_of(seed, offset + 40), rng_kind=1)
+    captured, rec2 = emu.forward(x, 1.0, "soft", -1, state_of(seed, offset), rng_kind=2, intragraph=40)
+    for out, rec in ((eager, rec1), (captured, rec2)):
+        assert torch.equal(out, replay)
+        assert rec.tolist() == [seed, offset + 40] == rec0.tolist()
+
+
+def test_unaligned_pointers(emu):
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for length in (1000, 4096):
+            base = logits((3 * length + 1,), dtype, seed=6)
+            x = base[1:].view(3, length)
+            out_base = torch.empty(3 * length + 1, dtype=dtype)
+            state = state_of(7)
+            for mode in ("soft", "hard"):
+                a, _ = emu.forward(x, 0.5, mode, -1, state, out=out_base[1:].view(3, length))
+                b, _ = emu.forward(x.clone(), 0.5, mode, -1, state)
+                assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- backward
+BACKWARD = [((37, 7), -1), ((9, 100), -1), ((5, 1000), -1), ((3, 1025), -1), ((2, 5003), -1),
+            ((3, 7, 5), 1), ((2, 300, 3), 1), ((400, 2), 0)]
+# Block kernels' shared memory: y and g on chip, y only (for some lengths and dtypes), nothing.
+BUDGETS = [BIG_SMEM, 4096 + 30000, 4096 + 8000, 0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", BACKWARD)
+def test_backward_equals_cpu_and_straight_through_is_soft(emu, shape, dim, dtype):
+    x = logits(shape, dtype, seed=7)
+    grad = logits(shape, dtype, seed=8)
+    keep = list(shape)
+    keep[dim] = 1
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    tau_rows = (torch.rand(keep, generator=torch.Generator().manual_seed(9)) + 0.3).to(acc)
+    state = state_of(17, 8)
+    block_kernel = dim in (-1, len(shape) - 1) and shape[dim] > 1024
+    for taus in (None, tau_rows):
+        need = taus is not None
+        y, _ = emu.forward(x, 0.9, "soft", dim, state, tau_rows=taus)
+        results = []
+        for smem in BUDGETS if block_kernel else BUDGETS[:1]:
+            soft = emu.backward(grad, y, state, 0.9, False, dim, taus, need, smem=smem)
+            st = emu.backward(grad, x, state, 0.9, True, dim, taus, need, smem=smem)
+            # Note [Regenerated y_soft]: straight-through == soft, bit for bit.
+            assert torch.equal(soft[0], st[0])
+            if need:
+                assert torch.equal(soft[1], st[1])
+            results.append(soft)
+        for other in results[1:]:
+            assert torch.equal(other[0], results[0][0]), "shared-memory variants must agree bitwise"
+        gl, gt = results[0]
+        for hard in (False, True):
+            gl_cpu, gt_cpu = ops.gumbel_softmax_backward(grad, x if hard else y, state, 0.9, taus, hard, dim, need)
+            torch.testing.assert_close(gl, gl_cpu, **backward_tol(dtype, shape[dim], hard))
+            if need:
+                torch.testing.assert_close(gt, gt_cpu, **backward_tol(dtype, shape[dim], hard, tau=True))
+
+
+# ----------------------------------------------------------------------------- sample
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,dim,k", [((37, 7), -1, 3), ((5, 1000), -1, 4), ((2, 3000), -1, 2), ((3, 9, 5), 1, 9)])
+def test_topk_pipeline_equals_cpu(emu, shape, dim, k, dtype):
+    x = logits(shape, dtype, seed=10)
+    state = state_of(29, 4)
+    expected = ops.sample(x, k, dim, None, state).movedim(dim, -1).reshape(-1, k)
+    assert torch.equal(emu.topk(x, k, dim, state), expected)
+    assert torch.equal(emu.topk(x, k, dim, state, batch=2), expected)
+
+
+def test_topk_keys_canonical(emu):
+    """NaN keys sort first (one canonical NaN), -inf last in column order."""
+    x = torch.tensor([[0.0, math.nan, -math.inf, 1.0, -math.inf]])
+    got = emu.topk(x, 5, -1, state_of(1))
+    assert got[0, 0] == 1 and got[0, 3:].tolist() == [2, 4]
