@@ -16,10 +16,11 @@ import torch
 PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC = PACKAGE_DIR.parent / "csrc"
 
-# Compiler flags shared by every build (setup.py and CMake keep the same list).
+# Compiler flags shared by every build (setup.py and CMake keep the same list). The C++
+# standard is left to torch's own extension defaults (C++20 for recent torch).
 # -fopenmp makes ATen's header-only at::parallel_for really run on all cores.
-CXX_FLAGS = ["-O3", "-std=c++17", "-fopenmp"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+CXX_FLAGS = ["-O3", "-fopenmp"]
+NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 LD_FLAGS = ["-fopenmp"]
 
 

@@ -69,6 +69,7 @@ def nvcc_command(nvcc: str, source: Path, obj: Path, archs: List[str], build) ->
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
     flags = list(build.NVCC_FLAGS) + [f for f in COMMON_NVCC_FLAGS if f not in build.NVCC_FLAGS]
+    flags.append("-std=c++20")  # what torch.utils.cpp_extension passes nvcc for this torch
     abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
     cmd = [nvcc, "-c", str(source), "-o", str(obj)] + flags
     cmd += [f"-I{d}" for d in include_dirs()]
