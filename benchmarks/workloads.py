@@ -1,0 +1,136 @@
+"""What the suite measures: workloads named after their users, dtypes, modes, passes,
+and the presets (--quick, default, --full) that pick combinations of them."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Tuple
+
+import torch
+
+TAU = 1.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    shape: Tuple[int, ...]
+    dim: int = -1
+    user: str = ""
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def categories(self) -> int:
+        return self.shape[self.dim]
+
+    @property
+    def rows(self) -> int:
+        return self.numel // self.categories
+
+    @property
+    def shape_label(self) -> str:
+        text = "x".join(str(s) for s in self.shape)
+        return text if self.dim in (-1, len(self.shape) - 1) else f"{text} dim={self.dim}"
+
+
+WORKLOADS: Tuple[Workload, ...] = (
+    Workload("rl-head", (256, 10), user="RL policy / VAE categorical head, small batch"),
+    Workload("rl-batch", (65536, 32), user="RL / VAE categorical latents, large batch"),
+    Workload("classifier", (4096, 1000), user="ImageNet-size classifier head"),
+    Workload("lm-32k", (1024, 32000), user="language model, 32k vocabulary (Llama 2)"),
+    Workload("lm-128k", (64, 128256), user="language model, 128k vocabulary (Llama 3)"),
+    Workload("channels", (64, 256, 32, 32), dim=1, user="discrete channel choice in a conv net"),
+)
+
+# --quick: small stand-ins that still walk every code path (last dim and a strided dim).
+QUICK_WORKLOADS: Tuple[Workload, ...] = (
+    Workload("rl-head", (256, 10), user="RL policy / VAE categorical head, small batch"),
+    Workload("channels-tiny", (4, 16, 8, 8), dim=1, user="smoke-test stand-in for `channels`"),
+)
+
+DTYPES: Dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("soft", "hard", "sample")  # sample: category indices (gumbel_ext.sample)
+PASSES = ("fwd", "fwd+bwd")
+
+
+@dataclass(frozen=True)
+class Case:
+    workload: Workload
+    dtype: str
+    mode: str
+    pass_: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload.name}/{self.dtype}/{self.mode}/{self.pass_}"
+
+    def bytes_moved(self) -> int:
+        """The bytes an ideal kernel must move: the effective-bandwidth numerator, the same
+        for every implementation so GB/s compare like for like.
+
+        soft/hard forward: read the logits, write the output (2N elements).
+        fwd+bwd adds the backward's read of grad and of the saved tensor, and its write (3N).
+        sample: read the logits, write one int64 index per row."""
+        n, size = self.workload.numel, torch.empty((), dtype=self.torch_dtype).element_size()
+        if self.mode == "sample":
+            return n * size + self.workload.rows * 8
+        return (2 if self.pass_ == "fwd" else 5) * n * size
+
+
+@dataclass(frozen=True)
+class Preset:
+    workloads: Tuple[Workload, ...]
+    dtypes: Tuple[str, ...]
+    modes: Tuple[str, ...]
+    passes: Tuple[str, ...]
+    min_run_time: float  # seconds of timing per measurement (at least `min_runs` calls)
+    min_runs: int
+
+
+PRESETS: Dict[str, Preset] = {
+    # Seconds: every mode, pass and implementation once, on tiny tensors.
+    "quick": Preset(QUICK_WORKLOADS, ("fp32",), MODES, PASSES, min_run_time=0.02, min_runs=3),
+    # About two minutes on a 2-core CPU: fp32, every workload but the 33M-element lm-32k
+    # (lm-128k covers the long-row case), every mode and pass. On a GPU the same set takes
+    # seconds plus the torch.compile time.
+    "default": Preset(
+        tuple(w for w in WORKLOADS if w.name != "lm-32k"), ("fp32",), MODES, PASSES,
+        min_run_time=0.1, min_runs=3,
+    ),
+    "full": Preset(WORKLOADS, tuple(DTYPES), MODES, PASSES, min_run_time=0.2, min_runs=5),
+}
+
+
+def make_cases(
+    workloads: Iterable[Workload], dtypes: Iterable[str], modes: Iterable[str], passes: Iterable[str]
+) -> List[Case]:
+    """Every combination, workload-major; sample has no backward (indices are not differentiable)."""
+    return [
+        Case(w, d, m, p)
+        for w, d, m, p in itertools.product(workloads, dtypes, modes, passes)
+        if not (m == "sample" and p != "fwd")
+    ]
+
+
+def find_workloads(names: Iterable[str]) -> Tuple[Workload, ...]:
+    known = {w.name: w for w in WORKLOADS + QUICK_WORKLOADS}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ValueError(f"unknown workload(s) {missing}; known: {sorted(known)}")
+    return tuple(known[n] for n in names)
+
+
+def make_input(case: Case, device: torch.device, seed: int) -> torch.Tensor:
+    """Standard-normal logits, the same for every implementation of a case."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(case.workload.shape, generator=gen, dtype=torch.float32)
+    return x.to(device=device, dtype=case.torch_dtype)
