@@ -331,3 +331,39 @@ def test_avx_instructions_only_in_isa_copies():
         if is_avx and "AVX2" not in function and "AVX512" not in function:
             offenders.setdefault(function, parts[1].strip())
     assert not offenders, f"AVX code outside the ISA copies: {sorted(offenders.items())[:10]}"
+
+
+# ------------------------------------------------------------ inline log and exp
+def _ulp_error(got, want):
+    w = want.to(torch.float32).abs()
+    ulp = (torch.nextafter(w, torch.full_like(w, float("inf"))) - w).double()
+    return (got.double() - want).abs() / ulp
+
+
+def test_vec_log_accuracy(capability):
+    """log_positive (Note [Vector log and exp]) over its whole domain: every 61st float
+    in [2^-25, 17], plus both ends of the transform's inputs."""
+    lo = torch.tensor([2.0**-25], dtype=torch.float32).view(torch.int32).item()
+    hi = torch.tensor([17.0], dtype=torch.float32).view(torch.int32).item()
+    bits = torch.arange(lo, hi, 61, dtype=torch.int32)
+    x = torch.cat([bits.view(torch.float32), torch.tensor([2.0**-24, 1 - 2.0**-24, 1.0, 0.5, 2.0])])
+    got = ops._cpu_vec_math(x, "log")
+    err = _ulp_error(got, torch.log(x.double()))
+    assert err.max() <= 2.0, f"max {err.max():.2f} ulp at x = {x[err.argmax()].item()!r}"
+
+
+def test_vec_exp_accuracy(capability):
+    """exp_nonpositive on x <= 0: within 2 ulp where the result is a normal float (below,
+    within 2^-126), 0 for -inf and far below, NaN for NaN."""
+    g = torch.Generator().manual_seed(0)
+    x = -(torch.rand(2_000_000, generator=g) ** 3) * 90
+    x = torch.cat([x, torch.tensor([0.0, -0.0, -1e-30, -0.34657, -0.34658, -87.0])])
+    got = ops._cpu_vec_math(x, "exp")
+    want = torch.exp(x.double())
+    normal = want >= 2.0**-126  # below, AVX2 may flush to 0
+    err = _ulp_error(got[normal], want[normal])
+    assert err.max() <= 2.0, f"max {err.max():.2f} ulp at x = {x[normal][err.argmax()].item()!r}"
+    assert (got[~normal].double() - want[~normal]).abs().max() <= 2.0**-126
+    special = torch.tensor([float("-inf"), -104.0, -1000.0, float("nan")])
+    out = ops._cpu_vec_math(special, "exp")
+    assert out[:3].tolist() == [0.0, 0.0, 0.0] and out[3].isnan()

@@ -135,6 +135,15 @@ void set_capability(const std::string& name) {
   g_active.store(compiled(c), std::memory_order_release);
 }
 
+at::Tensor vec_math(const at::Tensor& x, const std::string& fn) {
+  TORCH_CHECK_VALUE(fn == "log" || fn == "exp", "gumbel_ext: fn must be 'log' or 'exp', got '", fn, "'");
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && x.device().is_cpu(), "gumbel_ext: x must be a float32 CPU tensor");
+  const at::Tensor in = x.contiguous();
+  at::Tensor out = at::empty_like(in);
+  active().vec_math(in.const_data_ptr<float>(), out.mutable_data_ptr<float>(), in.numel(), fn == "log" ? 0 : 1);
+  return out;
+}
+
 void forward(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, uint64_t seed, uint64_t offset,
              double tau, const std::optional<at::Tensor>& tau_rows, bool hard) {
   active().forward(make_args(logits, layout, seed, offset, tau, tau_rows), logits.const_data_ptr(),

@@ -311,7 +311,7 @@ acc_t exp_range(acc_t* buf, int64_t c0, int64_t c1, acc_t x_max, acc_t inv_tau) 
   const aVec m(x_max), it(inv_tau);
   aVec sum(0);
   for (int64_t c = c0; c < c1; c += aVec::size()) {
-    const aVec e = ((aVec::loadu(buf + c) - m) * it).exp();
+    const aVec e = exp_nonpositive((aVec::loadu(buf + c) - m) * it);
     e.store(buf + c);
     sum = sum + e;
   }
@@ -588,7 +588,7 @@ void group_soft(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, c
   for (int64_t c = 0; c < a.length; ++c) {
     for (int s = 0; s < T::kSub; ++s) {
       auto* p = buf + (c * T::kSub + s) * T::A;
-      const aVec e = ((aVec::loadu(p) - x_max[s]) * inv_tau[s]).exp();
+      const aVec e = exp_nonpositive((aVec::loadu(p) - x_max[s]) * inv_tau[s]);
       e.store(p);
       sum[s] = sum[s] + e;
     }
@@ -878,12 +878,21 @@ inline void sample(const KernelArgs& a, const void* logits, int64_t* out, int64_
   });
 }
 
+inline void vec_math(const float* x, float* y, int64_t n, int fn) {
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const int m = static_cast<int>(std::min<int64_t>(kLanes, n - i));
+    const fVec v = fVec::loadu(x + i, m);
+    (fn == 0 ? log_positive(v) : exp_nonpositive(v)).store(y + i, m);
+  }
+}
+
 #define GUMBEL_EXT_STRINGIFY_(x) #x
 #define GUMBEL_EXT_STRINGIFY(x) GUMBEL_EXT_STRINGIFY_(x)
 
 // Constant-initialized: no code runs at load time (see Note [Per-ISA CPU kernels]).
 extern const KernelTable kKernels;
-const KernelTable kKernels = {GUMBEL_EXT_STRINGIFY(CPU_CAPABILITY), &forward, &backward, &noise_kernel, &sample};
+const KernelTable kKernels = {GUMBEL_EXT_STRINGIFY(CPU_CAPABILITY), &forward, &backward, &noise_kernel, &sample,
+                               &vec_math};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

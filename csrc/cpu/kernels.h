@@ -37,6 +37,8 @@ std::string capability();
 std::vector<std::string> capabilities();
 // Switches copies (tests and benchmarks); raises for one that is not available.
 void set_capability(const std::string& name);
+// Testing hook: the active copy's inline log ("log") or exp ("exp") of a float32 tensor.
+at::Tensor vec_math(const at::Tensor& x, const std::string& fn);
 
 }  // namespace cpu
 }  // namespace gumbel_ext

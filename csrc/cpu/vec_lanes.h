@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "../gumbel_noise.h"
+#include "vec_math.h"
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -34,28 +35,13 @@ constexpr int64_t kChunk = 4 * kLanes;  // columns of one row_block
 // in the lanes in an order that makes the 4x4 word transpose (unpacks within 128-bit lanes)
 // produce consecutive columns without cross-lane permutes; order and unpack sit together.
 //
-// Note [Vector log]
-// The AVX copies take SLEEF's 3.5-ulp logf (Sleef_logf{16,8}_u35) instead of the 1-ulp
-// one at::vec's log() calls: the transform's two logs are most of the kernel's work and
-// the 1-ulp version (double-float arithmetic) costs twice as much. The inputs are always
-// positive normal floats (u in [2^-24, 1 - 2^-24], -log(u) in [5.9e-8, 16.7]), and the
-// Gumbel noise stays within a few float ulps of the scalar logf's. DEFAULT uses std::log.
-
 // Float lanes: Vectorized<float> wrapped so that lane_log is found by ADL.
 struct F32Lanes {
   fVec v;
   friend F32Lanes operator+(const F32Lanes& a, float b) { return {a.v + fVec(b)}; }
   friend F32Lanes operator*(const F32Lanes& a, float b) { return {a.v * fVec(b)}; }
   friend F32Lanes operator-(const F32Lanes& a) { return {a.v.neg()}; }
-  friend F32Lanes lane_log(const F32Lanes& a) {
-#if defined(CPU_CAPABILITY_AVX512)
-    return {fVec(Sleef_logf16_u35(a.v))};
-#elif defined(CPU_CAPABILITY_AVX2)
-    return {fVec(Sleef_logf8_u35(a.v))};
-#else
-    return {a.v.log()};
-#endif
-  }
+  friend F32Lanes lane_log(const F32Lanes& a) { return {log_positive(a.v)}; }  // vec_math.h
 };
 
 #if defined(CPU_CAPABILITY_AVX512)
