@@ -7,6 +7,10 @@
 // gumbel_noise.h's.
 #pragma once
 
+#ifndef CPU_CAPABILITY
+#error "the CPU kernels are compiled through csrc/cpu/isa/kernels_*.cpp"
+#endif
+
 #include <ATen/cpu/vec/vec.h>
 
 #include <cstdint>
