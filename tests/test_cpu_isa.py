@@ -35,14 +35,17 @@ TOL = {
 NOISE_ATOL = 1e-5  # g in [-2.8, 16.7]: a few float ulps; a wrong counter is off by O(1)
 NEAR_TIE = 1e-4  # perturbed logits this close may order differently under noise rounding
 
-# (shape, dim): row lengths around kChunk (32 on AVX2 / DEFAULT, 64 on AVX-512) and 4,
-# long rows, rows split across threads (few rows of >= 8192), and the reduced dim not
-# last with inner sizes below, at and above the lane count (8 / 16).
+# (shape, dim): short rows (<= kChunk / 2: transposed tiles, with a partial last group),
+# row lengths around kChunk (32 on AVX2 / DEFAULT, 64 on AVX-512) and 4, long rows, rows
+# split across threads (few rows of >= 8192), and the reduced dim not last with inner
+# sizes below, at and above the lane count (8 / 16).
 ROW_SHAPES = [
     ((5, 1), -1),
     ((3, 2), -1),
     ((4, 3), -1),
     ((2, 5), -1),
+    ((37, 10), -1),
+    ((5, 17), -1),
     ((3, 31), -1),
     ((3, 32), -1),
     ((2, 33), -1),

@@ -3,6 +3,11 @@
 // vector ops; no transposed copy. Per ISA, inside gumbel_ext::cpu::CPU_CAPABILITY.
 #pragma once
 
+#include <c10/util/Exception.h>
+
+#include <numeric>
+#include <vector>
+
 #include "kernel_table.h"
 #include "row_kernels.h"
 #include "vec_io.h"
@@ -212,6 +217,68 @@ void group_backward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* 
       inv_tau[s].store(it + s * T::A);
     }
     for (int j = 0; j < gr.n; ++j) gt[gr.row0 + j] = -it[j] * ts[j];
+  }
+}
+
+template <typename acc_t>
+void check_sample_row(const ArgMax<acc_t>& am, int64_t r) {
+  TORCH_CHECK_VALUE(!am.nan && am.value != kInf<acc_t>, "gumbel_ext.sample: row ", r,
+                    " of the logits holds NaN or +inf");
+}
+
+// Gumbel-top-k of one row's x (length values): the k largest, largest first, ties to the
+// lowest index; -inf logits are never drawn.
+template <typename acc_t>
+void top_k(const acc_t* x, int64_t length, int64_t k, int64_t r, std::vector<int64_t>& order, int64_t* out) {
+  const int64_t finite = std::count_if(x, x + length, [](acc_t v) { return std::isfinite(v); });
+  TORCH_CHECK_VALUE(finite >= k, "gumbel_ext.sample: num_samples=", k, " exceeds the ", finite,
+                    " finite logits of row ", r, " (sampling without replacement)");
+  order.resize(length);
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int64_t i, int64_t j) { return x[i] > x[j] || (x[i] == x[j] && i < j); });
+  std::copy(order.begin(), order.begin() + k, out);
+}
+
+template <typename scalar_t>
+void group_sample(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, int64_t* idx, const Group& gr,
+                  int64_t k, acc_of<scalar_t>* buf) {
+  using acc_t = acc_of<scalar_t>;
+  using aVec = typename Types<scalar_t>::aVec;
+  if (k == 1) {
+    ArgMax<acc_t> am[kLanes];
+    group_argmax(a, ns, l, gr, am);
+    for (int j = 0; j < gr.n; ++j) {
+      check_sample_row(am[j], gr.row0 + j);
+      TORCH_CHECK_VALUE(std::isfinite(am[j].value), "gumbel_ext.sample: row ", gr.row0 + j,
+                        " has no finite logit to draw from (all -inf)");
+      idx[gr.row0 + j] = am[j].index;
+    }
+    return;
+  }
+  constexpr int kSub = Types<scalar_t>::kSub;
+  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, const aVec* x) {
+    for (int s = 0; s < kSub; ++s) x[s].store(buf + (c * kSub + s) * aVec::size());
+  });
+  std::vector<acc_t> row(a.length);
+  std::vector<int64_t> order;
+  for (int j = 0; j < gr.n; ++j) {
+    ArgMax<acc_t> am;
+    for (int64_t c = 0; c < a.length; ++c) {
+      row[c] = buf[c * kLanes + j];
+      am.value = nan_max(am.value, row[c]);
+    }
+    am.nan = am.value != am.value;
+    check_sample_row(am, gr.row0 + j);
+    top_k(row.data(), a.length, k, gr.row0 + j, order, idx + (gr.row0 + j) * k);
+  }
+}
+
+inline void group_noise(const KernelArgs& a, const NoiseStream& ns, float* out, const Group& gr) {
+  for (int64_t q = 0; 4 * q < a.length; ++q) {
+    fVec g4[4];
+    ns.rows_block(static_cast<uint64_t>(gr.row0), static_cast<uint64_t>(q), g4);
+    for (int w = 0; w < 4 && 4 * q + w < a.length; ++w) store_lanes(out + gr.base + (4 * q + w) * a.inner, gr.n, &g4[w]);
   }
 }
 

@@ -23,6 +23,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <memory>
 #include <numeric>
 #include <vector>
@@ -70,11 +71,63 @@ void for_groups(const KernelArgs& a, bool need_buffer, const F& group) {
   });
 }
 
+// Note [Short rows]
+// A row shorter than kShortRow would use few of a row_block's 4 * kLanes draws (a
+// 10-category row: 10 of 64). kLanes such rows are transposed into a [length, kLanes] tile
+// instead and run through the group kernels (rows as lanes), which draw only the blocks
+// they need; the tile is small and stays in L1.
+constexpr int64_t kShortRow = kChunk / 2;
+
+inline bool short_rows(const KernelArgs& a) {
+  return a.inner == 1 && a.length <= kShortRow;
+}
+
+// tile[c * kLanes + j] = rows[j * length + c] for the first n rows, and back.
+template <typename T>
+void to_tile(const T* rows, int64_t length, int n, T* tile) {
+  for (int j = 0; j < n; ++j)
+    for (int64_t c = 0; c < length; ++c) tile[c * kLanes + j] = rows[j * length + c];
+}
+
+template <typename T>
+void from_tile(const T* tile, int64_t length, int n, T* rows) {
+  for (int j = 0; j < n; ++j)
+    for (int64_t c = 0; c < length; ++c) rows[j * length + c] = tile[c * kLanes + j];
+}
+
+// Runs group(tile_args, gr, buf) for every kLanes rows of a short-row problem; the group
+// is gr.row0 .. gr.row0 + gr.n - 1, its tile starts at offset 0 (tile_args.inner = kLanes).
+template <typename acc_t, typename F>
+void for_short_rows(const KernelArgs& a, bool need_buffer, const F& group) {
+  KernelArgs ta = a;
+  ta.outer = 1;
+  ta.inner = kLanes;
+  const int64_t groups = (a.outer + kLanes - 1) / kLanes;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / (std::max<int64_t>(a.length, 1) * kLanes));
+  at::parallel_for(int64_t(0), groups, grain, [&](int64_t b, int64_t e) {
+    auto buf = make_buffer<acc_t>(need_buffer ? a.length * kLanes : 0);
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t r0 = t * kLanes;
+      group(ta, Group{0, r0, static_cast<int>(std::min<int64_t>(kLanes, a.outer - r0))}, buf.get());
+    }
+  });
+}
+
+template <typename scalar_t>
+using Tile = std::array<scalar_t, kShortRow * kLanes>;
+
 template <typename scalar_t>
 void forward_typed(const KernelArgs& a, const scalar_t* l, scalar_t* y, bool hard) {
   using acc_t = acc_of<scalar_t>;
   const NoiseStream ns(a.seed, a.offset);
-  if (a.inner == 1) {
+  if (short_rows(a)) {
+    for_short_rows<acc_t>(a, !hard, [&](const KernelArgs& ta, const Group& gr, acc_t* buf) {
+      Tile<scalar_t> in, out;
+      to_tile(l + gr.row0 * a.length, a.length, gr.n, in.data());
+      group_forward(ta, ns, in.data(), out.data(), gr, hard, buf);
+      from_tile(out.data(), a.length, gr.n, y + gr.row0 * a.length);
+    });
+  } else if (a.inner == 1) {
     for_rows<acc_t>(a, !hard, [&](int64_t r, acc_t* buf, bool split) {
       const int64_t start = r * a.length;
       forward_row(l + start, y + start, a.length, RowNoise{ns, static_cast<uint64_t>(r)},
@@ -91,7 +144,15 @@ void backward_typed(const KernelArgs& a, const scalar_t* g, const scalar_t* s, s
   using acc_t = acc_of<scalar_t>;
   acc_t* gt = static_cast<acc_t*>(grad_tau);
   const NoiseStream ns(a.seed, a.offset);
-  if (a.inner == 1) {
+  if (short_rows(a)) {
+    for_short_rows<acc_t>(a, hard, [&](const KernelArgs& ta, const Group& gr, acc_t* buf) {
+      Tile<scalar_t> gt_in, s_in, out;
+      to_tile(g + gr.row0 * a.length, a.length, gr.n, gt_in.data());
+      to_tile(s + gr.row0 * a.length, a.length, gr.n, s_in.data());
+      group_backward(ta, ns, gt_in.data(), s_in.data(), out.data(), gt, gr, hard, buf);
+      from_tile(out.data(), a.length, gr.n, gl + gr.row0 * a.length);
+    });
+  } else if (a.inner == 1) {
     for_rows<acc_t>(a, hard, [&](int64_t r, acc_t* buf, bool split) {
       const int64_t start = r * a.length;
       const acc_t inv_tau = row_inv_tau<acc_t>(a, r);
@@ -107,6 +168,14 @@ void backward_typed(const KernelArgs& a, const scalar_t* g, const scalar_t* s, s
 
 inline void noise_kernel(const KernelArgs& a, float* out) {
   const NoiseStream ns(a.seed, a.offset);
+  if (short_rows(a)) {
+    for_short_rows<float>(a, false, [&](const KernelArgs& ta, const Group& gr, float*) {
+      Tile<float> tile;
+      group_noise(ta, ns, tile.data(), gr);
+      from_tile(tile.data(), a.length, gr.n, out + gr.row0 * a.length);
+    });
+    return;
+  }
   if (a.inner == 1) {
     for_rows<float>(a, false, [&](int64_t r, float*, bool split) {
       float* o = out + r * a.length;
@@ -120,33 +189,7 @@ inline void noise_kernel(const KernelArgs& a, float* out) {
     });
     return;
   }
-  for_groups<float>(a, false, [&](const Group& gr, float*) {
-    for (int64_t q = 0; 4 * q < a.length; ++q) {
-      fVec g4[4];
-      ns.rows_block(static_cast<uint64_t>(gr.row0), static_cast<uint64_t>(q), g4);
-      for (int w = 0; w < 4 && 4 * q + w < a.length; ++w) store_lanes(out + gr.base + (4 * q + w) * a.inner, gr.n, &g4[w]);
-    }
-  });
-}
-
-template <typename acc_t>
-void check_sample_row(const ArgMax<acc_t>& am, int64_t r) {
-  TORCH_CHECK_VALUE(!am.nan && am.value != kInf<acc_t>, "gumbel_ext.sample: row ", r,
-                    " of the logits holds NaN or +inf");
-}
-
-// Gumbel-top-k of one row's x (length values): the k largest, largest first, ties to the
-// lowest index; -inf logits are never drawn.
-template <typename acc_t>
-void top_k(const acc_t* x, int64_t length, int64_t k, int64_t r, std::vector<int64_t>& order, int64_t* out) {
-  const int64_t finite = std::count_if(x, x + length, [](acc_t v) { return std::isfinite(v); });
-  TORCH_CHECK_VALUE(finite >= k, "gumbel_ext.sample: num_samples=", k, " exceeds the ", finite,
-                    " finite logits of row ", r, " (sampling without replacement)");
-  order.resize(length);
-  std::iota(order.begin(), order.end(), int64_t(0));
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](int64_t i, int64_t j) { return x[i] > x[j] || (x[i] == x[j] && i < j); });
-  std::copy(order.begin(), order.begin() + k, out);
+  for_groups<float>(a, false, [&](const Group& gr, float*) { group_noise(a, ns, out, gr); });
 }
 
 template <typename scalar_t>
@@ -154,6 +197,14 @@ void sample_typed(const KernelArgs& a, const scalar_t* l, int64_t* idx, int64_t 
   using acc_t = acc_of<scalar_t>;
   using aVec = typename Types<scalar_t>::aVec;
   const NoiseStream ns(a.seed, a.offset);
+  if (short_rows(a)) {
+    for_short_rows<acc_t>(a, k > 1, [&](const KernelArgs& ta, const Group& gr, acc_t* buf) {
+      Tile<scalar_t> in;
+      to_tile(l + gr.row0 * a.length, a.length, gr.n, in.data());
+      group_sample(ta, ns, in.data(), idx, gr, k, buf);
+    });
+    return;
+  }
   if (a.inner == 1) {
     for_rows<acc_t>(a, k > 1, [&](int64_t r, acc_t* buf, bool split) {
       const scalar_t* lr = l + r * a.length;
@@ -179,35 +230,7 @@ void sample_typed(const KernelArgs& a, const scalar_t* l, int64_t* idx, int64_t 
     });
     return;
   }
-  for_groups<acc_t>(a, k > 1, [&](const Group& gr, acc_t* buf) {
-    if (k == 1) {
-      ArgMax<acc_t> am[kLanes];
-      group_argmax(a, ns, l, gr, am);
-      for (int j = 0; j < gr.n; ++j) {
-        check_sample_row(am[j], gr.row0 + j);
-        TORCH_CHECK_VALUE(std::isfinite(am[j].value), "gumbel_ext.sample: row ", gr.row0 + j,
-                          " has no finite logit to draw from (all -inf)");
-        idx[gr.row0 + j] = am[j].index;
-      }
-      return;
-    }
-    constexpr int kSub = Types<scalar_t>::kSub;
-    for_perturbed_columns(a, ns, l, gr, [&](int64_t c, const aVec* x) {
-      for (int s = 0; s < kSub; ++s) x[s].store(buf + (c * kSub + s) * aVec::size());
-    });
-    std::vector<acc_t> row(a.length);
-    std::vector<int64_t> order;
-    for (int j = 0; j < gr.n; ++j) {
-      ArgMax<acc_t> am;
-      for (int64_t c = 0; c < a.length; ++c) {
-        row[c] = buf[c * kLanes + j];
-        am.value = nan_max(am.value, row[c]);
-      }
-      am.nan = am.value != am.value;
-      check_sample_row(am, gr.row0 + j);
-      top_k(row.data(), a.length, k, gr.row0 + j, order, idx + (gr.row0 + j) * k);
-    }
-  });
+  for_groups<acc_t>(a, k > 1, [&](const Group& gr, acc_t* buf) { group_sample(a, ns, l, idx, gr, k, buf); });
 }
 
 // The dtypes the ops accept (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16) without ATen).

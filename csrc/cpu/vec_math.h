@@ -15,7 +15,7 @@
 //     At most 1.8 ulp from the exact log (tests/test_cpu_isa.py checks it).
 //   exp_nonpositive(x), x <= 0, -inf or NaN (the softmax's (x - max) / tau):
 //     2^n e^r with Cody-Waite reduction and Cephes expf's polynomial; -inf gives exactly 0,
-//     NaN stays NaN. At most 2 ulp; AVX2 flushes results below 2^-126 to 0.
+//     NaN stays NaN. At most 2 ulp; results below 2^-126 are 0 (see kExpMinNormal).
 // The DEFAULT copy uses at::vec's (std::log / std::exp per lane).
 #pragma once
 
@@ -46,8 +46,10 @@ constexpr float kLn2 = 0x1.62e43p-1f;
 constexpr float kLn2Hi = 0x1.62e4p-1f;  // Cody-Waite: ln 2 = kLn2Hi + kLn2Lo, n * kLn2Hi exact
 constexpr float kLn2Lo = 0x1.7f7d1cp-20f;
 constexpr float kLog2e = 0x1.715476p+0f;
-// Below this exp(x) is 0 in float (half the smallest denormal is e^-103.97).
-constexpr float kExpMin = -104.0f;
+// log(2^-126): below it exp(x) would be a denormal, which costs a microcode assist per
+// vector (20x slower; masked categories and small tau hit it all the time). The kernels
+// return 0 there instead: at most 2^-126 off.
+constexpr float kExpMinNormal = -87.33654f;
 
 #if defined(CPU_CAPABILITY_AVX512)
 
@@ -83,12 +85,14 @@ inline __m512 exp_poly(__m512 r) {  // |r| <= ln2 / 2 (Cephes expf)
 }
 
 inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<float>& xv) {
-  // max_ps returns its second operand when either is NaN: NaN stays NaN, -inf becomes kExpMin.
-  const __m512 x = _mm512_max_ps(_mm512_set1_ps(kExpMin), xv);
+  // Lanes below kExpMinNormal are 0, without computing them (no denormal assists); NaN
+  // compares "not less" and stays NaN.
+  const __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(kExpMinNormal), _CMP_NLT_UQ);
+  const __m512 x = _mm512_max_ps(_mm512_set1_ps(kExpMinNormal), xv);  // NaN stays NaN
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  return _mm512_scalef_ps(exp_poly(r), n);  // 2^n, rounding to denormals and 0 as it should
+  return _mm512_maskz_scalef_ps(keep, exp_poly(r), n);
 }
 
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -131,13 +135,14 @@ inline __m256 exp_poly(__m256 r) {
 }
 
 inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<float>& xv) {
-  // Clamp n to [-127, 0] and build 2^n from its bits; results below ~2^-126 may flush to 0.
-  const __m256 x = _mm256_max_ps(_mm256_set1_ps(-88.0f), xv);  // NaN stays NaN
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 x = _mm256_max_ps(_mm256_set1_ps(kExpMinNormal), xv);  // NaN stays NaN
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  // Lanes below kExpMinNormal get n = -127, whose scale 2^n built from the bits is +0:
+  // exactly 0, without a denormal product.
+  n = _mm256_blendv_ps(n, _mm256_set1_ps(-127.0f), _mm256_cmp_ps(xv, _mm256_set1_ps(kExpMinNormal), _CMP_LT_OQ));
   const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-  // n = -127 (x <= -88, -inf included) gives scale = +0: exactly 0.
   return _mm256_mul_ps(exp_poly(r), scale);
 }
 
