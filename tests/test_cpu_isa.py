@@ -38,7 +38,8 @@ NEAR_TIE = 1e-4  # perturbed logits this close may order differently under noise
 # (shape, dim): short rows (<= kChunk / 2: transposed tiles, with a partial last group),
 # row lengths around kChunk (32 on AVX2 / DEFAULT, 64 on AVX-512) and 4, long rows, rows
 # split across threads (few rows of >= 8192), and the reduced dim not last with inner
-# sizes below, at and above the lane count (8 / 16).
+# sizes below, at and above the lane count (8 / 16), several lane sets per slice (inner
+# 300) and sets cut short by their buffer budget (length 2000).
 ROW_SHAPES = [
     ((5, 1), -1),
     ((3, 2), -1),
@@ -67,6 +68,8 @@ STRIDED_SHAPES = [
     ((2, 6, 5, 4), 1),
     ((9, 6), 0),
     ((2, 1, 8), 1),
+    ((2, 3, 300), 1),
+    ((1, 2000, 40), 1),
 ]
 SHAPES = ROW_SHAPES + STRIDED_SHAPES
 

@@ -1,10 +1,19 @@
-// The pipeline for the reduced dim not last (inner > 1): kLanes neighbouring rows (inner
-// indices) are the SIMD lanes, so every load is contiguous and the reductions are per-lane
-// vector ops; no transposed copy. Per ISA, inside gumbel_ext::cpu::CPU_CAPABILITY.
+// The pipeline for the reduced dim not last (inner > 1): neighbouring rows (consecutive
+// inner indices) are the SIMD lanes, so every load is contiguous and the reductions are
+// per-lane vector ops; no transposed copy. Per ISA, inside gumbel_ext::cpu::CPU_CAPABILITY.
+//
+// Note [Lane sets]
+// A task takes a set of up to kMaxSetGroups * kLanes neighbouring rows and walks their
+// columns in order, each column's lanes (sub-groups of kLanes) one after another: memory
+// is read and written in runs of the whole set's width rather than kLanes elements
+// `inner` apart, which the prefetchers follow and which avoids the cache-set conflicts of
+// a 4 KiB stride (inner = 1024 floats). The set is sized so that its [length, lanes]
+// buffer of x / e stays within kSetBytes (L2).
 #pragma once
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <numeric>
 #include <vector>
 
@@ -16,205 +25,243 @@ namespace gumbel_ext {
 namespace cpu {
 namespace CPU_CAPABILITY {
 
-// ---------------------------------------------- lanes of rows (dim not last, inner > 1)
-// A group: rows r0 .. r0 + n - 1 (n <= kLanes) of one `outer` slice; column c of lane j
-// is at base[c * inner + j].
+constexpr int kMaxSetGroups = 16;
+constexpr int kMaxSetLanes = kMaxSetGroups * kLanes;
+constexpr int64_t kSetBytes = 256 * 1024;
+
+// Rows row0 .. row0 + n - 1 of one `outer` slice; column c of lane j is at
+// base + c * inner + j. Lanes go in sub-groups of kLanes (the last one may be partial).
 struct Group {
-  int64_t base;  // element offset of (o, c = 0, i0)
+  int64_t base;
   int64_t row0;
   int n;
+  int groups() const { return (n + kLanes - 1) / kLanes; }
+  int lanes_in(int g) const { return std::min(kLanes, n - g * kLanes); }
 };
 
-inline Group group_at(const KernelArgs& a, int64_t t) {
-  const int64_t per_outer = (a.inner + kLanes - 1) / kLanes;
+// Lanes per set for acc elements of acc_size bytes (Note [Lane sets]).
+inline int64_t set_lanes(const KernelArgs& a, int64_t acc_size) {
+  const int64_t by_cache = kSetBytes / std::max<int64_t>(1, a.length * kLanes * acc_size);
+  const int64_t groups = std::min<int64_t>(std::max<int64_t>(by_cache, 1), kMaxSetGroups);
+  return std::min(groups * kLanes, round_up(a.inner, kLanes));
+}
+
+inline int64_t group_count(const KernelArgs& a, int64_t lanes) {
+  return a.outer * ((a.inner + lanes - 1) / lanes);
+}
+
+inline Group group_at(const KernelArgs& a, int64_t lanes, int64_t t) {
+  const int64_t per_outer = (a.inner + lanes - 1) / lanes;
   const int64_t o = t / per_outer;
-  const int64_t i0 = (t - o * per_outer) * kLanes;
-  return {o * a.length * a.inner + i0, o * a.inner + i0, static_cast<int>(std::min<int64_t>(kLanes, a.inner - i0))};
+  const int64_t i0 = (t - o * per_outer) * lanes;
+  return {o * a.length * a.inner + i0, o * a.inner + i0, static_cast<int>(std::min(lanes, a.inner - i0))};
 }
 
-inline int64_t group_count(const KernelArgs& a) {
-  return a.outer * ((a.inner + kLanes - 1) / kLanes);
+inline int64_t group_grain(const KernelArgs& a, int64_t lanes) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, a.length * lanes));
 }
 
-inline int64_t group_grain(const KernelArgs& a) {
-  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, a.length * kLanes));
-}
+// Per-lane state: kSub acc vectors per sub-group.
+template <typename scalar_t>
+using LaneVecs = typename Types<scalar_t>::aVec[kMaxSetGroups * Types<scalar_t>::kSub];
 
 template <typename acc_t>
 void group_inv_tau(const KernelArgs& a, const Group& gr, Vectorized<acc_t>* v) {
   constexpr int A = Vectorized<acc_t>::size();
-  __at_align__ acc_t t[kLanes];
-  for (int j = 0; j < kLanes; ++j) t[j] = j < gr.n ? row_inv_tau<acc_t>(a, gr.row0 + j) : acc_t(1);
-  for (int s = 0; s < kLanes / A; ++s) v[s] = Vectorized<acc_t>::loadu(t + s * A);
+  __at_align__ acc_t t[kMaxSetLanes];
+  const int lanes = gr.groups() * kLanes;
+  for (int j = 0; j < lanes; ++j) t[j] = j < gr.n ? row_inv_tau<acc_t>(a, gr.row0 + j) : acc_t(1);
+  for (int i = 0; i < lanes / A; ++i) v[i] = Vectorized<acc_t>::loadu(t + i * A);
 }
 
-// Calls f(c, x) for every column c with x = logit + g of the group's lanes (kSub vectors).
+// Calls f(c, g, x) for every column c and sub-group g, x = logit + noise (kSub vectors).
 template <typename scalar_t, typename F>
 void for_perturbed_columns(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, const Group& gr,
                            const F& f) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
   for (int64_t q = 0; 4 * q < a.length; ++q) {
-    fVec g4[4];
-    ns.rows_block(static_cast<uint64_t>(gr.row0), static_cast<uint64_t>(q), g4);
-    aVec gn[4 * T::kSub];
-    noise_to_acc(g4, 4, gn);
-    for (int w = 0; w < 4 && 4 * q + w < a.length; ++w) {
-      const int64_t c = 4 * q + w;
-      aVec x[T::kSub];
-      load_lanes(l + gr.base + c * a.inner, gr.n, x);
-      for (int s = 0; s < T::kSub; ++s) x[s] = x[s] + gn[w * T::kSub + s];
-      f(c, x);
+    for (int g = 0; g < gr.groups(); ++g) {
+      fVec g4[4];
+      ns.rows_block(static_cast<uint64_t>(gr.row0 + g * kLanes), static_cast<uint64_t>(q), g4);
+      aVec gn[4 * T::kSub];
+      noise_to_acc(g4, 4, gn);
+      for (int w = 0; w < 4 && 4 * q + w < a.length; ++w) {
+        const int64_t c = 4 * q + w;
+        aVec x[T::kSub];
+        load_lanes(l + gr.base + c * a.inner + g * kLanes, gr.lanes_in(g), x);
+        for (int s = 0; s < T::kSub; ++s) x[s] = x[s] + gn[w * T::kSub + s];
+        f(c, g, x);
+      }
     }
   }
 }
 
-// Per-lane argmax of the group; index[j] / finite[j] for lane j.
+// Per-lane argmax of the set: out[j] for lane j < gr.n.
 template <typename scalar_t, typename acc_t = acc_of<scalar_t>>
 void group_argmax(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, const Group& gr, ArgMax<acc_t>* out) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
   using iVec = typename T::iVec;
   using idx_t = typename T::idx_t;
-  aVec best[T::kSub], nan_seen[T::kSub], best_idx[T::kSub];  // indices as in argmax_segment
-  for (int s = 0; s < T::kSub; ++s) {
-    best[s] = aVec(-kInf<acc_t>);
-    nan_seen[s] = aVec(0);
-    best_idx[s] = aVec(0);
+  const int vecs = gr.groups() * T::kSub;
+  LaneVecs<scalar_t> best, nan_seen, best_idx;  // indices as in argmax_segment
+  for (int i = 0; i < vecs; ++i) {
+    best[i] = aVec(-kInf<acc_t>);
+    nan_seen[i] = aVec(0);
+    best_idx[i] = aVec(0);
   }
-  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, const aVec* x) {
+  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, int g, const aVec* x) {
     const aVec cv = at::vec::cast<acc_t>(iVec(static_cast<idx_t>(c)));
     for (int s = 0; s < T::kSub; ++s) {
-      const aVec take = x[s] > best[s];
-      best[s] = aVec::blendv(best[s], x[s], take);
-      best_idx[s] = aVec::blendv(best_idx[s], cv, take);
-      nan_seen[s] = nan_seen[s] | (x[s] != x[s]);
+      const int i = g * T::kSub + s;
+      const aVec take = x[s] > best[i];
+      best[i] = aVec::blendv(best[i], x[s], take);
+      best_idx[i] = aVec::blendv(best_idx[i], cv, take);
+      nan_seen[i] = nan_seen[i] | (x[s] != x[s]);
     }
   });
-  __at_align__ acc_t value[kLanes], nan[kLanes];
-  __at_align__ idx_t index[kLanes];
-  for (int s = 0; s < T::kSub; ++s) {
-    best[s].store(value + s * T::A);
-    nan_seen[s].store(nan + s * T::A);
-    best_idx[s].store(index + s * T::A);
+  __at_align__ acc_t value[kMaxSetLanes], nan[kMaxSetLanes];
+  __at_align__ idx_t index[kMaxSetLanes];
+  for (int i = 0; i < vecs; ++i) {
+    best[i].store(value + i * T::A);
+    nan_seen[i].store(nan + i * T::A);
+    best_idx[i].store(index + i * T::A);
   }
   for (int j = 0; j < gr.n; ++j) out[j] = ArgMax<acc_t>{value[j], static_cast<int64_t>(index[j]), nan[j] != 0};
 }
 
-// Soft forward of the group into buf ([length][kSub] acc vectors, e); returns 1 / sum
-// per lane in inv_sum (a non-finite max gives NaN lanes through the arithmetic).
+// x / e of column c, sub-group g, in the set's buffer ([length][groups][kSub] vectors).
+template <typename aVec>
+typename aVec::value_type* set_slot(typename aVec::value_type* buf, const Group& gr, int64_t c, int g) {
+  return buf + (c * gr.groups() + g) * kLanes;
+}
+
+// Soft forward of the set into buf (e); returns 1 / sum per lane in inv_sum (a non-finite
+// max gives NaN lanes through the arithmetic).
 template <typename scalar_t, typename aVec = typename Types<scalar_t>::aVec>
-void group_soft(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, const Group& gr, typename aVec::value_type* buf,
-                aVec* inv_sum) {
+void group_soft(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, const Group& gr,
+                typename aVec::value_type* buf, aVec* inv_sum) {
   using T = Types<scalar_t>;
-  aVec x_max[T::kSub], inv_tau[T::kSub], sum[T::kSub];
-  for (int s = 0; s < T::kSub; ++s) {
-    x_max[s] = aVec(-kInf<acc_of<scalar_t>>);
-    sum[s] = aVec(0);
+  const int vecs = gr.groups() * T::kSub;
+  LaneVecs<scalar_t> x_max, inv_tau, sum;
+  for (int i = 0; i < vecs; ++i) {
+    x_max[i] = aVec(-kInf<acc_of<scalar_t>>);
+    sum[i] = aVec(0);
   }
   group_inv_tau(a, gr, inv_tau);
-  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, const aVec* x) {
+  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, int g, const aVec* x) {
     for (int s = 0; s < T::kSub; ++s) {
-      x[s].store(buf + (c * T::kSub + s) * T::A);
-      x_max[s] = at::vec::maximum(x_max[s], x[s]);
+      x[s].store(set_slot<aVec>(buf, gr, c, g) + s * T::A);
+      x_max[g * T::kSub + s] = at::vec::maximum(x_max[g * T::kSub + s], x[s]);
     }
   });
   for (int64_t c = 0; c < a.length; ++c) {
-    for (int s = 0; s < T::kSub; ++s) {
-      auto* p = buf + (c * T::kSub + s) * T::A;
-      const aVec e = exp_nonpositive((aVec::loadu(p) - x_max[s]) * inv_tau[s]);
-      e.store(p);
-      sum[s] = sum[s] + e;
+    auto* p = set_slot<aVec>(buf, gr, c, 0);  // the column's vecs are consecutive
+    for (int i = 0; i < vecs; ++i) {
+      const aVec e = exp_nonpositive((aVec::loadu(p + i * T::A) - x_max[i]) * inv_tau[i]);
+      e.store(p + i * T::A);
+      sum[i] = sum[i] + e;
     }
   }
-  for (int s = 0; s < T::kSub; ++s) inv_sum[s] = aVec(1) / sum[s];
+  for (int i = 0; i < vecs; ++i) inv_sum[i] = aVec(1) / sum[i];
 }
 
 template <typename scalar_t, typename acc_t = acc_of<scalar_t>>
-void group_forward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, scalar_t* y, const Group& gr, bool hard, acc_t* buf) {
+void group_forward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, scalar_t* y, const Group& gr,
+                   bool hard, acc_t* buf) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
   if (hard) {
     using iVec = typename T::iVec;
     using idx_t = typename T::idx_t;
-    ArgMax<acc_t> am[kLanes];
+    ArgMax<acc_t> am[kMaxSetLanes];
     group_argmax(a, ns, l, gr, am);
     // Lane j is 1 at column target[j] and `fill` elsewhere (NaN rows: no target).
-    __at_align__ idx_t target[kLanes];
-    __at_align__ acc_t fill[kLanes];
-    for (int j = 0; j < kLanes; ++j) {
+    __at_align__ idx_t target[kMaxSetLanes];
+    __at_align__ acc_t fill[kMaxSetLanes];
+    const int lanes = gr.groups() * kLanes;
+    for (int j = 0; j < lanes; ++j) {
       const bool finite = j < gr.n && am[j].finite();
       target[j] = finite ? static_cast<idx_t>(am[j].index) : idx_t(-1);
       fill[j] = finite || j >= gr.n ? acc_t(0) : kNaN<acc_t>;
     }
-    iVec tv[T::kSub];
-    aVec fv[T::kSub];
-    for (int s = 0; s < T::kSub; ++s) {
-      tv[s] = iVec::loadu(target + s * T::A);
-      fv[s] = aVec::loadu(fill + s * T::A);
-    }
     const aVec one(1);
     for (int64_t c = 0; c < a.length; ++c) {
       const iVec cv(static_cast<idx_t>(c));
-      aVec v[T::kSub];
-      for (int s = 0; s < T::kSub; ++s) v[s] = aVec::blendv(fv[s], one, at::vec::cast<acc_t>(tv[s] == cv));
-      store_lanes(y + gr.base + c * a.inner, gr.n, v);
+      for (int g = 0; g < gr.groups(); ++g) {
+        aVec v[T::kSub];
+        for (int s = 0; s < T::kSub; ++s) {
+          const int j = g * kLanes + s * T::A;
+          v[s] = aVec::blendv(aVec::loadu(fill + j), one, at::vec::cast<acc_t>(iVec::loadu(target + j) == cv));
+        }
+        store_lanes(y + gr.base + c * a.inner + g * kLanes, gr.lanes_in(g), v);
+      }
     }
     return;
   }
-  aVec inv_sum[T::kSub];
+  LaneVecs<scalar_t> inv_sum;
   group_soft(a, ns, l, gr, buf, inv_sum);
   for (int64_t c = 0; c < a.length; ++c) {
-    aVec v[T::kSub];
-    for (int s = 0; s < T::kSub; ++s) v[s] = aVec::loadu(buf + (c * T::kSub + s) * T::A) * inv_sum[s];
-    store_lanes(y + gr.base + c * a.inner, gr.n, v);
+    for (int g = 0; g < gr.groups(); ++g) {
+      aVec v[T::kSub];
+      for (int s = 0; s < T::kSub; ++s)
+        v[s] = aVec::loadu(set_slot<aVec>(buf, gr, c, g) + s * T::A) * inv_sum[g * T::kSub + s];
+      store_lanes(y + gr.base + c * a.inner + g * kLanes, gr.lanes_in(g), v);
+    }
   }
 }
 
 template <typename scalar_t, typename acc_t = acc_of<scalar_t>>
-void group_backward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* g, const scalar_t* saved, scalar_t* gl, acc_t* gt,
-                    const Group& gr, bool hard, acc_t* buf) {
+void group_backward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* g, const scalar_t* saved,
+                    scalar_t* gl, acc_t* gt, const Group& gr, bool hard, acc_t* buf) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
-  aVec inv_sum[T::kSub];
+  LaneVecs<scalar_t> inv_sum, dot, inv_tau, tau_acc;
   if (hard) group_soft(a, ns, saved, gr, buf, inv_sum);  // see backward_row
-  const auto load_y = [&](int64_t c, aVec* y) {
+  const auto load_y = [&](int64_t c, int sg, aVec* y) {
     if (hard) {
       for (int s = 0; s < T::kSub; ++s)
-        y[s] = round_to<scalar_t>(aVec::loadu(buf + (c * T::kSub + s) * T::A) * inv_sum[s]);
+        y[s] = round_to<scalar_t>(aVec::loadu(set_slot<aVec>(buf, gr, c, sg) + s * T::A) * inv_sum[sg * T::kSub + s]);
     } else {
-      load_lanes(saved + gr.base + c * a.inner, gr.n, y);
+      load_lanes(saved + gr.base + c * a.inner + sg * kLanes, gr.lanes_in(sg), y);
     }
   };
-  aVec dot[T::kSub], inv_tau[T::kSub], tau_acc[T::kSub];
-  for (int s = 0; s < T::kSub; ++s) {
-    dot[s] = aVec(0);
-    tau_acc[s] = aVec(0);
+  const int vecs = gr.groups() * T::kSub;
+  for (int i = 0; i < vecs; ++i) {
+    dot[i] = aVec(0);
+    tau_acc[i] = aVec(0);
   }
   group_inv_tau(a, gr, inv_tau);
   for (int64_t c = 0; c < a.length; ++c) {
-    aVec gv[T::kSub], yv[T::kSub];
-    load_lanes(g + gr.base + c * a.inner, gr.n, gv);
-    load_y(c, yv);
-    for (int s = 0; s < T::kSub; ++s) dot[s] = dot[s] + gv[s] * yv[s];
+    for (int sg = 0; sg < gr.groups(); ++sg) {
+      aVec gv[T::kSub], yv[T::kSub];
+      load_lanes(g + gr.base + c * a.inner + sg * kLanes, gr.lanes_in(sg), gv);
+      load_y(c, sg, yv);
+      for (int s = 0; s < T::kSub; ++s) dot[sg * T::kSub + s] = dot[sg * T::kSub + s] + gv[s] * yv[s];
+    }
   }
+  // See grad_row for the formulas.
   const aVec zero(0);
   for (int64_t c = 0; c < a.length; ++c) {
-    aVec gv[T::kSub], yv[T::kSub], out[T::kSub];
-    load_lanes(g + gr.base + c * a.inner, gr.n, gv);
-    load_y(c, yv);
-    for (int s = 0; s < T::kSub; ++s) {
-      const aVec dz = yv[s] * (gv[s] - dot[s]);
-      out[s] = dz * inv_tau[s];
-      if (gt) tau_acc[s] = tau_acc[s] + aVec::blendv(zero, yv[s].log() * dz, yv[s] > zero);
+    for (int sg = 0; sg < gr.groups(); ++sg) {
+      aVec gv[T::kSub], yv[T::kSub], out[T::kSub];
+      load_lanes(g + gr.base + c * a.inner + sg * kLanes, gr.lanes_in(sg), gv);
+      load_y(c, sg, yv);
+      for (int s = 0; s < T::kSub; ++s) {
+        const int i = sg * T::kSub + s;
+        const aVec dz = yv[s] * (gv[s] - dot[i]);
+        out[s] = dz * inv_tau[i];
+        if (gt) tau_acc[i] = tau_acc[i] + aVec::blendv(zero, yv[s].log() * dz, yv[s] > zero);
+      }
+      store_lanes(gl + gr.base + c * a.inner + sg * kLanes, gr.lanes_in(sg), out);
     }
-    store_lanes(gl + gr.base + c * a.inner, gr.n, out);
   }
   if (gt) {
-    __at_align__ acc_t ts[kLanes], it[kLanes];
-    for (int s = 0; s < T::kSub; ++s) {
-      tau_acc[s].store(ts + s * T::A);
-      inv_tau[s].store(it + s * T::A);
+    __at_align__ acc_t ts[kMaxSetLanes], it[kMaxSetLanes];
+    for (int i = 0; i < vecs; ++i) {
+      tau_acc[i].store(ts + i * T::A);
+      inv_tau[i].store(it + i * T::A);
     }
     for (int j = 0; j < gr.n; ++j) gt[gr.row0 + j] = -it[j] * ts[j];
   }
@@ -246,7 +293,7 @@ void group_sample(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l,
   using acc_t = acc_of<scalar_t>;
   using aVec = typename Types<scalar_t>::aVec;
   if (k == 1) {
-    ArgMax<acc_t> am[kLanes];
+    ArgMax<acc_t> am[kMaxSetLanes];
     group_argmax(a, ns, l, gr, am);
     for (int j = 0; j < gr.n; ++j) {
       check_sample_row(am[j], gr.row0 + j);
@@ -256,16 +303,17 @@ void group_sample(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l,
     }
     return;
   }
-  constexpr int kSub = Types<scalar_t>::kSub;
-  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, const aVec* x) {
-    for (int s = 0; s < kSub; ++s) x[s].store(buf + (c * kSub + s) * aVec::size());
+  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, int g, const aVec* x) {
+    for (int s = 0; s < Types<scalar_t>::kSub; ++s) x[s].store(set_slot<aVec>(buf, gr, c, g) + s * aVec::size());
   });
+  // Lane j of column c sits at buf[c * width + j].
+  const int64_t width = static_cast<int64_t>(gr.groups()) * kLanes;
   std::vector<acc_t> row(a.length);
   std::vector<int64_t> order;
   for (int j = 0; j < gr.n; ++j) {
     ArgMax<acc_t> am;
     for (int64_t c = 0; c < a.length; ++c) {
-      row[c] = buf[c * kLanes + j];
+      row[c] = buf[c * width + j];
       am.value = nan_max(am.value, row[c]);
     }
     am.nan = am.value != am.value;
@@ -276,9 +324,13 @@ void group_sample(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l,
 
 inline void group_noise(const KernelArgs& a, const NoiseStream& ns, float* out, const Group& gr) {
   for (int64_t q = 0; 4 * q < a.length; ++q) {
-    fVec g4[4];
-    ns.rows_block(static_cast<uint64_t>(gr.row0), static_cast<uint64_t>(q), g4);
-    for (int w = 0; w < 4 && 4 * q + w < a.length; ++w) store_lanes(out + gr.base + (4 * q + w) * a.inner, gr.n, &g4[w]);
+    for (int g = 0; g < gr.groups(); ++g) {
+      fVec g4[4];
+      ns.rows_block(static_cast<uint64_t>(gr.row0 + g * kLanes), static_cast<uint64_t>(q), g4);
+      for (int w = 0; w < 4 && 4 * q + w < a.length; ++w) {
+        store_lanes(out + gr.base + (4 * q + w) * a.inner + g * kLanes, gr.lanes_in(g), &g4[w]);
+      }
+    }
   }
 }
 

@@ -63,11 +63,13 @@ void for_rows(const KernelArgs& a, bool need_buffer, const F& row) {
   });
 }
 
+// Runs group(gr, buf) for every lane set of an inner > 1 problem (Note [Lane sets]).
 template <typename acc_t, typename F>
 void for_groups(const KernelArgs& a, bool need_buffer, const F& group) {
-  at::parallel_for(int64_t(0), group_count(a), group_grain(a), [&](int64_t b, int64_t e) {
-    auto buf = make_buffer<acc_t>(need_buffer ? a.length * kLanes : 0);
-    for (int64_t t = b; t < e; ++t) group(group_at(a, t), buf.get());
+  const int64_t lanes = set_lanes(a, sizeof(acc_t));
+  at::parallel_for(int64_t(0), group_count(a, lanes), group_grain(a, lanes), [&](int64_t b, int64_t e) {
+    auto buf = make_buffer<acc_t>(need_buffer ? a.length * lanes : 0);
+    for (int64_t t = b; t < e; ++t) group(group_at(a, lanes, t), buf.get());
   });
 }
 
@@ -195,7 +197,6 @@ inline void noise_kernel(const KernelArgs& a, float* out) {
 template <typename scalar_t>
 void sample_typed(const KernelArgs& a, const scalar_t* l, int64_t* idx, int64_t k) {
   using acc_t = acc_of<scalar_t>;
-  using aVec = typename Types<scalar_t>::aVec;
   const NoiseStream ns(a.seed, a.offset);
   if (short_rows(a)) {
     for_short_rows<acc_t>(a, k > 1, [&](const KernelArgs& ta, const Group& gr, acc_t* buf) {
