@@ -41,11 +41,12 @@ constexpr int kPhiloxRounds = 10;
 
 // Note [One definition for scalar and SIMD lanes]
 // Everything below that touches the noise is a template over the lane type: uint32_t /
-// float for the scalar CPU loop and CUDA, or a SIMD vector of 32-bit lanes for the
-// vectorized CPU kernels (csrc/cpu/vec_lanes.h). A lane type provides +, ^, &, |, ~ and
-// a logical >> per 32-bit lane (with a uint32_t operand too), mulhilo32, lane_to_float
-// and lane_log, found by argument-dependent lookup; the scalar versions are right here.
-// So the Philox round, the key schedule, the counter layout and the u -> Gumbel
+// float for the scalar code and CUDA, or SIMD vectors of 32-bit lanes for the vectorized
+// CPU kernels (csrc/cpu/vec_lanes.h). An integer lane type U provides +, ^, &, |, ~ and a
+// logical >> per 32-bit lane (+, ^, &, | also with a uint32_t operand), mulhilo32 and
+// lane_to_float; the float lane type it converts to provides + and * with a float, unary
+// -, and lane_log; all found by argument-dependent lookup. The scalar versions are right
+// here. So the Philox round, the key schedule, the counter layout and the u -> Gumbel
 // transform are written once, and the CPU vector code cannot drift from CUDA's.
 template <typename U>
 struct Philox4T {

@@ -115,10 +115,7 @@ void group_argmax(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l,
     const aVec cv = at::vec::cast<acc_t>(iVec(static_cast<idx_t>(c)));
     for (int s = 0; s < T::kSub; ++s) {
       const int i = g * T::kSub + s;
-      const aVec take = x[s] > best[i];
-      best[i] = aVec::blendv(best[i], x[s], take);
-      best_idx[i] = aVec::blendv(best_idx[i], cv, take);
-      nan_seen[i] = nan_seen[i] | (x[s] != x[s]);
+      argmax_step(x[s], cv, best[i], best_idx[i], nan_seen[i]);
     }
   });
   __at_align__ acc_t value[kMaxSetLanes], nan[kMaxSetLanes];

@@ -64,10 +64,7 @@ ArgMax<acc_t> argmax_segment(const scalar_t* l, int64_t c0, int64_t c1, const Ro
     load_chunk_n(l + c, c1 - c, scalar_t(-kInf<float>), x);
     for (int k = 0; k < T::kVecs; ++k) {
       x[k] = x[k] + gn[k];
-      const aVec take = x[k] > best;  // strict: ties keep the lower index
-      best = aVec::blendv(best, x[k], take);
-      best_idx = aVec::blendv(best_idx, at::vec::cast<acc_t>(idx), take);
-      nan_seen = nan_seen | (x[k] != x[k]);
+      argmax_step(x[k], at::vec::cast<acc_t>(idx), best, best_idx, nan_seen);
       idx = idx + step;
     }
   }

@@ -198,6 +198,30 @@ struct ArgMax {
   bool finite() const { return !nan && std::isfinite(value); }
 };
 
+// One step of a per-lane running argmax: lanes where x > best (strict, so ties keep the
+// lower index; never for NaN) take x and idx; nan_seen collects the NaN lanes (all-ones).
+// idx holds integer column indices as bits.
+template <typename aVec>
+inline void argmax_step(const aVec& x, const aVec& idx, aVec& best, aVec& best_idx, aVec& nan_seen) {
+  const aVec take = x > best;
+  best = aVec::blendv(best, x, take);
+  best_idx = aVec::blendv(best_idx, idx, take);
+  nan_seen = nan_seen | (x != x);
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The same on mask registers: at::vec's comparisons return vectors, which its blendv turns
+// back into masks, three extra instructions per step.
+template <>
+inline void argmax_step(const fVec& x, const fVec& idx, fVec& best, fVec& best_idx, fVec& nan_seen) {
+  const __mmask16 take = _mm512_cmp_ps_mask(x, best, _CMP_GT_OQ);
+  best = _mm512_mask_mov_ps(best, take, x);
+  best_idx = _mm512_mask_mov_ps(best_idx, take, idx);
+  nan_seen = _mm512_mask_mov_ps(nan_seen, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q),
+                                _mm512_castsi512_ps(_mm512_set1_epi32(-1)));
+}
+#endif
+
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace gumbel_ext

@@ -38,7 +38,7 @@ constexpr int64_t kChunk = 4 * kLanes;  // columns of one row_block
 // in 64-bit containers (all multiplies and shifts). For row_block the counters are placed
 // in the lanes in an order that makes the 4x4 word transpose (unpacks within 128-bit lanes)
 // produce consecutive columns without cross-lane permutes; order and unpack sit together.
-//
+
 // Float lanes: Vectorized<float> wrapped so that lane_log is found by ADL.
 struct F32Lanes {
   fVec v;

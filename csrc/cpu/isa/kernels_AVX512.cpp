@@ -4,6 +4,12 @@
     !defined(__AVX512DQ__) || !defined(__FMA__)
 #error "kernels_AVX512.cpp must be compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma"
 #endif
+// GCC 12's AVX-512 headers build undefined vectors as `__m512i __Y = __Y;`, which
+// -Wuninitialized reports at every inlined intrinsic (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 #include "../gumbel_softmax_kernel.h"
