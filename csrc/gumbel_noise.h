@@ -19,7 +19,9 @@
 // [2^-24, 1 - 2^-24]: never 0 or 1, so g = -log(-log(u)) is finite for every bit
 // pattern (about -2.81 .. 16.64). Keeping 24 bits instead would round the top value
 // to 1.0f and give g = +inf. The noise is computed in float32 for every dtype so
-// that fp64, fp32 and the half types see the same draws.
+// that fp64, fp32 and the half types see the same draws. The code computes u as
+// m * 2^-23 + 2^-24 (m = bits >> 9): every step is exact, so this is the same value,
+// and one fused multiply-add on SIMD lanes.
 #pragma once
 
 #include <cstdint>
@@ -44,8 +46,8 @@ constexpr int kPhiloxRounds = 10;
 // float for the scalar code and CUDA, or SIMD vectors of 32-bit lanes for the vectorized
 // CPU kernels (csrc/cpu/vec_lanes.h). An integer lane type U provides +, ^, &, |, ~ and a
 // logical >> per 32-bit lane (+, ^, &, | also with a uint32_t operand), mulhilo32 and
-// lane_to_float; the float lane type it converts to provides + and * with a float, unary
-// -, and lane_log; all found by argument-dependent lookup. The scalar versions are right
+// lane_to_float; the float lane type it converts to provides + and * with a float and
+// lane_neg_log; all found by argument-dependent lookup. The scalar versions are right
 // here. So the Philox round, the key schedule, the counter layout and the u -> Gumbel
 // transform are written once, and the CPU vector code cannot drift from CUDA's.
 template <typename U>
@@ -65,8 +67,10 @@ GUMBEL_HD float lane_to_float(uint32_t v) {
   return static_cast<float>(v);
 }
 
-GUMBEL_HD float lane_log(float x) {
-  return ::logf(x);
+// -log(x): the transform only ever negates its logs, and SIMD lanes fold the sign into
+// the log's coefficients.
+GUMBEL_HD float lane_neg_log(float x) {
+  return -::logf(x);
 }
 
 // The key of round i (Random123 / curand schedule): the seed's halves, bumped by W0 and
@@ -132,12 +136,12 @@ GUMBEL_HD uint32_t philox_lane(const Philox4& b, int lane) {
 // See Note [Uniform in (0, 1)].
 template <typename U>
 GUMBEL_HD auto bits_to_uniform(U bits) {
-  return (lane_to_float(bits >> 9) + 0.5f) * 1.1920928955078125e-07f;  // 2^-23
+  return lane_to_float(bits >> 9) * 1.1920928955078125e-07f + 5.9604644775390625e-08f;  // 2^-23, 2^-24
 }
 
 template <typename F>
 GUMBEL_HD F uniform_to_gumbel(F u) {
-  return -lane_log(-lane_log(u));
+  return lane_neg_log(lane_neg_log(u));  // -log(-log(u))
 }
 
 template <typename U>

@@ -273,7 +273,7 @@ inline void vec_math(const float* x, float* y, int64_t n, int fn) {
   for (int64_t i = 0; i < n; i += kLanes) {
     const int m = static_cast<int>(std::min<int64_t>(kLanes, n - i));
     const fVec v = fVec::loadu(x + i, m);
-    (fn == 0 ? log_positive(v) : exp_nonpositive(v)).store(y + i, m);
+    (fn == 0 ? neg_log_positive(v).neg() : exp_nonpositive(v)).store(y + i, m);
   }
 }
 

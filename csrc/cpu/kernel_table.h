@@ -49,7 +49,7 @@ struct KernelTable {
                    void* grad_tau, bool hard);
   void (*noise)(const KernelArgs& a, float* out);
   void (*sample)(const KernelArgs& a, const void* logits, int64_t* out, int64_t num_samples);
-  // Testing hook: y = log_positive(x) (fn 0) or exp_nonpositive(x) (fn 1) of vec_math.h.
+  // Testing hook: y = -neg_log_positive(x) (fn 0) or exp_nonpositive(x) (fn 1) of vec_math.h.
   void (*vec_math)(const float* x, float* y, int64_t n, int fn);
 };
 

@@ -39,13 +39,12 @@ constexpr int64_t kChunk = 4 * kLanes;  // columns of one row_block
 // in the lanes in an order that makes the 4x4 word transpose (unpacks within 128-bit lanes)
 // produce consecutive columns without cross-lane permutes; order and unpack sit together.
 
-// Float lanes: Vectorized<float> wrapped so that lane_log is found by ADL.
+// Float lanes: Vectorized<float> wrapped so that lane_neg_log is found by ADL.
 struct F32Lanes {
   fVec v;
   friend F32Lanes operator+(const F32Lanes& a, float b) { return {a.v + fVec(b)}; }
   friend F32Lanes operator*(const F32Lanes& a, float b) { return {a.v * fVec(b)}; }
-  friend F32Lanes operator-(const F32Lanes& a) { return {a.v.neg()}; }
-  friend F32Lanes lane_log(const F32Lanes& a) { return {log_positive(a.v)}; }  // vec_math.h
+  friend F32Lanes lane_neg_log(const F32Lanes& a) { return {neg_log_positive(a.v)}; }  // vec_math.h
 };
 
 #if defined(CPU_CAPABILITY_AVX512)

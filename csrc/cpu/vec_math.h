@@ -7,12 +7,13 @@
 // spills the live vector registers, and its 1-ulp logf uses double-float arithmetic.
 // These inline versions cover exactly the domains the kernels use, with no special
 // cases outside them, and measured 15-25% faster end to end:
-//   log_positive(x), x a positive normal float (the transform's u in [2^-24, 1 - 2^-24]
-//     and -log(u) in [5.9e-8, 16.7]): x = 2^k z, z in [0.699, 1.398), split into 16
-//     intervals; log z = log c + log1p(z / c - 1) with 1/c and log c from a 16-entry table
-//     (one vpermps each) and a degree-5 polynomial (|z / c - 1| < 0.031); the interval
-//     around 1 has c = 1, so log stays accurate relative to its result near x = 1.
-//     At most 1.8 ulp from the exact log (tests/test_cpu_isa.py checks it).
+//   neg_log_positive(x) = -log(x) for a positive normal float x (the transform's u in
+//     [2^-24, 1 - 2^-24] and -log(u) in [5.9e-8, 16.7]; it only ever negates its logs,
+//     so the sign is folded into the coefficients): x = 2^k z, z in [0.699, 1.398) split
+//     into 16 intervals; log z = log c + log1p(z / c - 1) with 1/c and log c from a
+//     16-entry table (one vpermps each) and a degree-5 polynomial (|z / c - 1| < 0.031);
+//     the interval around 1 has c = 1, so log stays accurate relative to its result near
+//     x = 1. At most 1.8 ulp from the exact log (tests/test_cpu_isa.py checks it).
 //   exp_nonpositive(x), x <= 0, -inf or NaN (the softmax's (x - max) / tau):
 //     2^n e^r with Cody-Waite reduction and Cephes expf's polynomial; -inf gives exactly 0,
 //     NaN stays NaN. At most 2 ulp; results below 2^-126 are 0 (see kExpMinNormal).
@@ -31,15 +32,16 @@ namespace CPU_CAPABILITY {
 
 // 1/c and log c of the 16 intervals [0x3f330000 + (i << 19), 0x3f330000 + ((i + 1) << 19))
 // (as float bits): c is the interval's midpoint (1.0 for i = 9), 1/c rounded to float,
-// log c = -log(1/c) in double, rounded to float. Constant-initialized (no load-time code).
+// log c = -log(1/c) in double, rounded to float (stored negated). Constant-initialized
+// (no load-time code).
 alignas(64) constexpr float kLogInvC[16] = {
     0x1.661ec6p+0f, 0x1.571ed4p+0f, 0x1.49539ep+0f, 0x1.3c995ap+0f, 0x1.30d19p+0f,  0x1.25e228p+0f,
     0x1.1bb4a4p+0f, 0x1.12358ep+0f, 0x1.0953f4p+0f, 1.0f,           0x1.e573acp-1f, 0x1.ca4b3p-1f,
     0x1.b20364p-1f, 0x1.9c2d14p-1f, 0x1.886e6p-1f,  0x1.767dcep-1f};
-alignas(64) constexpr float kLogLogC[16] = {
-    -0x1.57bf74p-2f, -0x1.2bef08p-2f, -0x1.01eae4p-2f, -0x1.b31d84p-3f, -0x1.6574ecp-3f, -0x1.1aa2bep-3f,
-    -0x1.a4e764p-4f, -0x1.1973b6p-4f, -0x1.252f4p-5f,  0.0f,            0x1.b42dep-5f,   0x1.c5e54cp-4f,
-    0x1.526e5ep-3f,  0x1.bc286cp-3f,  0x1.1058bep-2f,  0x1.40430ap-2f};
+alignas(64) constexpr float kLogNegLogC[16] = {  // -log c
+    0x1.57bf74p-2f,  0x1.2bef08p-2f,  0x1.01eae4p-2f,  0x1.b31d84p-3f,  0x1.6574ecp-3f, 0x1.1aa2bep-3f,
+    0x1.a4e764p-4f,  0x1.1973b6p-4f,  0x1.252f4p-5f,   0.0f,            -0x1.b42dep-5f, -0x1.c5e54cp-4f,
+    -0x1.526e5ep-3f, -0x1.bc286cp-3f, -0x1.1058bep-2f, -0x1.40430ap-2f};
 
 constexpr int kLogOffset = 0x3f330000;
 constexpr float kLn2 = 0x1.62e43p-1f;
@@ -53,15 +55,18 @@ constexpr float kExpMinNormal = -87.33654f;
 
 #if defined(CPU_CAPABILITY_AVX512)
 
-inline __m512 log1p_small(__m512 r) {  // |r| < 0.031
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.2f), r, _mm512_set1_ps(-0.25f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 3.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(-0.5f));
-  return _mm512_fmadd_ps(p, r2, r);
+// -log1p(r) for |r| < 0.031, from rn = -r: the Horner steps of r + r^2 (-1/2 + r (1/3 +
+// r (-1/4 + r / 5))) with every sign flipped, so the result is exactly its negation.
+inline __m512 neg_log1p_small(__m512 rn) {
+  const __m512 r2 = _mm512_mul_ps(rn, rn);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.2f), rn, _mm512_set1_ps(0.25f));
+  p = _mm512_fmadd_ps(p, rn, _mm512_set1_ps(1.0f / 3.0f));
+  p = _mm512_fmadd_ps(p, rn, _mm512_set1_ps(0.5f));
+  return _mm512_fmadd_ps(p, r2, rn);
 }
 
-inline at::vec::Vectorized<float> log_positive(const at::vec::Vectorized<float>& xv) {
+// -log(x), exactly the negation of the log described in Note [Vector log and exp].
+inline at::vec::Vectorized<float> neg_log_positive(const at::vec::Vectorized<float>& xv) {
   const __m512 x = xv;
   const __m512i ix = _mm512_castps_si512(x);
   const __m512i tmp = _mm512_sub_epi32(ix, _mm512_set1_epi32(kLogOffset));
@@ -69,10 +74,10 @@ inline at::vec::Vectorized<float> log_positive(const at::vec::Vectorized<float>&
   const __m512 k = _mm512_cvtepi32_ps(_mm512_srai_epi32(tmp, 23));
   const __m512 z = _mm512_castsi512_ps(_mm512_sub_epi32(ix, _mm512_and_si512(tmp, _mm512_set1_epi32(0xff800000))));
   const __m512 invc = _mm512_permutexvar_ps(i, _mm512_load_ps(kLogInvC));
-  const __m512 logc = _mm512_permutexvar_ps(i, _mm512_load_ps(kLogLogC));
-  const __m512 r = _mm512_fmadd_ps(z, invc, _mm512_set1_ps(-1.0f));
-  const __m512 y0 = _mm512_fmadd_ps(k, _mm512_set1_ps(kLn2), logc);
-  return _mm512_add_ps(log1p_small(r), y0);
+  const __m512 neg_logc = _mm512_permutexvar_ps(i, _mm512_load_ps(kLogNegLogC));
+  const __m512 rn = _mm512_fnmadd_ps(z, invc, _mm512_set1_ps(1.0f));  // -(z / c - 1)
+  const __m512 neg_y0 = _mm512_fmadd_ps(k, _mm512_set1_ps(-kLn2), neg_logc);
+  return _mm512_add_ps(neg_log1p_small(rn), neg_y0);
 }
 
 inline __m512 exp_poly(__m512 r) {  // |r| <= ln2 / 2 (Cephes expf)
@@ -97,12 +102,12 @@ inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<floa
 
 #elif defined(CPU_CAPABILITY_AVX2)
 
-inline __m256 log1p_small(__m256 r) {
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.2f), r, _mm256_set1_ps(-0.25f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 3.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(-0.5f));
-  return _mm256_fmadd_ps(p, r2, r);
+inline __m256 neg_log1p_small(__m256 rn) {  // see the AVX-512 version
+  const __m256 r2 = _mm256_mul_ps(rn, rn);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.2f), rn, _mm256_set1_ps(0.25f));
+  p = _mm256_fmadd_ps(p, rn, _mm256_set1_ps(1.0f / 3.0f));
+  p = _mm256_fmadd_ps(p, rn, _mm256_set1_ps(0.5f));
+  return _mm256_fmadd_ps(p, r2, rn);
 }
 
 // A 16-entry table lookup from two 8-entry permutes: bit 3 of i picks the half.
@@ -111,7 +116,7 @@ inline __m256 lookup16(__m256i i, __m256 lo, __m256 hi) {
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, i), _mm256_permutevar8x32_ps(hi, i), upper);
 }
 
-inline at::vec::Vectorized<float> log_positive(const at::vec::Vectorized<float>& xv) {
+inline at::vec::Vectorized<float> neg_log_positive(const at::vec::Vectorized<float>& xv) {
   const __m256 x = xv;
   const __m256i ix = _mm256_castps_si256(x);
   const __m256i tmp = _mm256_sub_epi32(ix, _mm256_set1_epi32(kLogOffset));
@@ -119,10 +124,10 @@ inline at::vec::Vectorized<float> log_positive(const at::vec::Vectorized<float>&
   const __m256 k = _mm256_cvtepi32_ps(_mm256_srai_epi32(tmp, 23));
   const __m256 z = _mm256_castsi256_ps(_mm256_sub_epi32(ix, _mm256_and_si256(tmp, _mm256_set1_epi32(0xff800000))));
   const __m256 invc = lookup16(i, _mm256_load_ps(kLogInvC), _mm256_load_ps(kLogInvC + 8));
-  const __m256 logc = lookup16(i, _mm256_load_ps(kLogLogC), _mm256_load_ps(kLogLogC + 8));
-  const __m256 r = _mm256_fmadd_ps(z, invc, _mm256_set1_ps(-1.0f));
-  const __m256 y0 = _mm256_fmadd_ps(k, _mm256_set1_ps(kLn2), logc);
-  return _mm256_add_ps(log1p_small(r), y0);
+  const __m256 neg_logc = lookup16(i, _mm256_load_ps(kLogNegLogC), _mm256_load_ps(kLogNegLogC + 8));
+  const __m256 rn = _mm256_fnmadd_ps(z, invc, _mm256_set1_ps(1.0f));
+  const __m256 neg_y0 = _mm256_fmadd_ps(k, _mm256_set1_ps(-kLn2), neg_logc);
+  return _mm256_add_ps(neg_log1p_small(rn), neg_y0);
 }
 
 inline __m256 exp_poly(__m256 r) {
@@ -148,8 +153,8 @@ inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<floa
 
 #else
 
-inline at::vec::Vectorized<float> log_positive(const at::vec::Vectorized<float>& x) {
-  return x.log();
+inline at::vec::Vectorized<float> neg_log_positive(const at::vec::Vectorized<float>& x) {
+  return x.log().neg();
 }
 
 inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<float>& x) {
