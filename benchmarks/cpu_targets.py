@@ -7,6 +7,9 @@ F.gumbel_softmax (eager and torch.compile) and torch.softmax on the same tensor.
 Times are medians of torch.utils.benchmark.Timer.blocked_autorange on all of torch's
 threads; every ratio divides two medians taken in this run. On a shared machine the
 absolute numbers move with the load (printed with the results); the ratios much less.
+"copy" (x.clone()) is the cost of returning a new tensor of the output's size: for
+outputs above glibc's mmap threshold (32 MiB) every call pays fresh page faults, which
+THP_MEM_ALLOC_ENABLE=1 (torch's huge-page allocations) reduces.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def forward_fns(x, hard, dim=-1, with_compile=True):
         "ours": lambda: gumbel_ext.gumbel_softmax(x, hard=hard, dim=dim),
         "eager": lambda: F.gumbel_softmax(x, hard=hard, dim=dim),
         "softmax": lambda: torch.softmax(x, dim=dim),
+        # A fresh tensor of the output's size: allocation and first touch of its pages,
+        # the floor for any op that returns one (it dominates at 1024 x 32000).
+        "copy": lambda: x.clone(),
     }
     if with_compile:
         compiled = torch.compile(F.gumbel_softmax, dynamic=False)
