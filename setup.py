@@ -43,6 +43,7 @@ if with_cuda:
     extra["cxx"] = extra["cxx"] + ["-DGUMBEL_EXT_WITH_CUDA"]
     extra["nvcc"] = build_config.NVCC_FLAGS
 
+
 class BuildExtensionPerISA(BuildExtension):
     """setuptools has no per-file flags: compile the wider-ISA copies of the CPU kernels
     here, each with its -m flags on top of the extension's, and link them after the
