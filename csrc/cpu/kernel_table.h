@@ -1,15 +1,17 @@
-// The interface between the CPU dispatcher (dispatch.cpp) and the per-ISA copies of the
-// kernels (isa/kernels_*.cpp). Plain pointers and PODs only: see Note [Per-ISA CPU kernels].
+// The interface between the CPU dispatcher (gumbel_softmax_cpu.cpp) and the per-ISA copies
+// of the kernels (isa/kernels_*.cpp). Plain pointers and PODs only: see Note [Per-ISA CPU
+// kernels].
 //
 // Note [Per-ISA CPU kernels]
 // gumbel_softmax_kernel.h is compiled once per instruction set, as ATen's native/cpu
 // kernels are: isa/kernels_DEFAULT.cpp with the baseline flags, isa/kernels_AVX2.cpp with
 // -mavx2 -mfma -mf16c, isa/kernels_AVX512.cpp with -mavx512f -mavx512bw -mavx512vl
-// -mavx512dq -mfma (the table in gumbel_ext/_build.py; every build uses it). Each copy lives
-// in its own namespace gumbel_ext::cpu::<CPU_CAPABILITY> (at::vec::Vectorized does the same)
-// and exports one constant table of function pointers, `kKernels`; dispatch.cpp, compiled
-// with the baseline flags, picks one at run time from cpuinfo, or from
-// GUMBEL_EXT_CPU_CAPABILITY=default|avx2|avx512.
+// -mavx512dq -mfma (CPU_ISA_FLAGS in gumbel_ext/_build.py; setup.py, the JIT loader and
+// CMake pass the same). A wrapper defines its CPU_CAPABILITY itself and refuses to compile
+// without its flags. Each copy lives in its own namespace gumbel_ext::cpu::<CPU_CAPABILITY>
+// (at::vec::Vectorized does the same) and exports one constant table of function pointers,
+// `kKernels`; gumbel_softmax_cpu.cpp, compiled with the baseline flags, picks one at run
+// time from cpuinfo, or from GUMBEL_EXT_CPU_CAPABILITY=default|avx2|avx512.
 // What keeps a binary safe on a CPU without AVX-512:
 //   * The ISA copies see only PODs (no at::Tensor), so they instantiate few shared inline
 //     functions; the ones they do share (c10::Half conversions, parallel_for internals,
@@ -21,7 +23,7 @@
 //   * The AVX copies are referenced weakly, so a build without them (non-x86, or a
 //     build system that skipped them) still links and runs the DEFAULT copy.
 // tests/test_cpu_isa.py disassembles the built library and fails if an AVX instruction
-// appears in any function outside the AVX2/AVX512 namespaces and SLEEF.
+// appears in any function outside the AVX2/AVX512 copies.
 #pragma once
 
 #include <c10/core/ScalarType.h>
