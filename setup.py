@@ -43,6 +43,28 @@ if with_cuda:
     extra["cxx"] = extra["cxx"] + ["-DGUMBEL_EXT_WITH_CUDA"]
     extra["nvcc"] = build_config.NVCC_FLAGS
 
+
+class BuildExtensionPerISA(BuildExtension):
+    """setuptools has no per-file flags: compile the wider-ISA copies of the CPU kernels
+    here, each with its -m flags on top of the extension's, and link them after the
+    other objects (see Note [Per-ISA CPU kernels] in csrc/cpu/kernel_table.h)."""
+
+    def build_extension(self, ext):
+        cxx_flags = ext.extra_compile_args
+        cxx_flags = cxx_flags.get("cxx", []) if isinstance(cxx_flags, dict) else cxx_flags
+        objects = []
+        for source, isa_flags in build_config.isa_sources(ROOT / "csrc"):
+            objects += self.compiler.compile(
+                rel([source]),
+                output_dir=self.build_temp,
+                include_dirs=ext.include_dirs,
+                extra_postargs=list(cxx_flags) + isa_flags,
+                depends=ext.depends,
+            )
+        ext.extra_objects = [o for o in (ext.extra_objects or []) if o not in objects] + objects
+        super().build_extension(ext)
+
+
 setup(
     packages=find_packages(include=["gumbel_ext", "gumbel_ext.*"]),
     ext_modules=[
@@ -53,5 +75,5 @@ setup(
             extra_link_args=build_config.LD_FLAGS,
         )
     ],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtensionPerISA},
 )

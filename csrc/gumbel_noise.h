@@ -19,7 +19,9 @@
 // [2^-24, 1 - 2^-24]: never 0 or 1, so g = -log(-log(u)) is finite for every bit
 // pattern (about -2.81 .. 16.64). Keeping 24 bits instead would round the top value
 // to 1.0f and give g = +inf. The noise is computed in float32 for every dtype so
-// that fp64, fp32 and the half types see the same draws.
+// that fp64, fp32 and the half types see the same draws. The code computes u as
+// m * 2^-23 + 2^-24 (m = bits >> 9): every step is exact, so this is the same value,
+// and one fused multiply-add on SIMD lanes.
 #pragma once
 
 #include <cstdint>
@@ -39,9 +41,20 @@ constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
 constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
 constexpr int kPhiloxRounds = 10;
 
-struct Philox4 {
-  uint32_t x, y, z, w;
+// Note [One definition for scalar and SIMD lanes]
+// Everything below that touches the noise is a template over the lane type: uint32_t /
+// float for the scalar code and CUDA, or SIMD vectors of 32-bit lanes for the vectorized
+// CPU kernels (csrc/cpu/vec_lanes.h). An integer lane type U provides +, ^, &, |, ~ and a
+// logical >> per 32-bit lane (+, ^, &, | also with a uint32_t operand), mulhilo32 and
+// lane_to_float; the float lane type it converts to provides + and * with a float and
+// lane_neg_log; all found by argument-dependent lookup. The scalar versions are right
+// here. So the Philox round, the key schedule, the counter layout and the u -> Gumbel
+// transform are written once, and the CPU vector code cannot drift from CUDA's.
+template <typename U>
+struct Philox4T {
+  U x, y, z, w;
 };
+using Philox4 = Philox4T<uint32_t>;
 
 GUMBEL_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   const uint64_t p = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
@@ -49,35 +62,71 @@ GUMBEL_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   lo = static_cast<uint32_t>(p);
 }
 
-GUMBEL_HD Philox4 philox_round(Philox4 c, uint32_t k0, uint32_t k1) {
-  uint32_t hi0, lo0, hi1, lo1;
+// Exact for v < 2^24, the only values the uniform transform converts.
+GUMBEL_HD float lane_to_float(uint32_t v) {
+  return static_cast<float>(v);
+}
+
+// -log(x): the transform only ever negates its logs, and SIMD lanes fold the sign into
+// the log's coefficients.
+GUMBEL_HD float lane_neg_log(float x) {
+  return -::logf(x);
+}
+
+// The key of round i (Random123 / curand schedule): the seed's halves, bumped by W0 and
+// W1 once per round, modulo 2^32.
+GUMBEL_HD uint32_t philox_key0(uint64_t seed, int round) {
+  return static_cast<uint32_t>(seed) + static_cast<uint32_t>(round) * kPhiloxW0;
+}
+
+GUMBEL_HD uint32_t philox_key1(uint64_t seed, int round) {
+  return static_cast<uint32_t>(seed >> 32) + static_cast<uint32_t>(round) * kPhiloxW1;
+}
+
+// One round; the key is the same for every lane, so it stays scalar.
+template <typename U>
+GUMBEL_HD Philox4T<U> philox_round(const Philox4T<U>& c, uint32_t k0, uint32_t k1) {
+  U hi0, lo0, hi1, lo1;
   mulhilo32(kPhiloxM0, c.x, hi0, lo0);
   mulhilo32(kPhiloxM1, c.z, hi1, lo1);
-  return Philox4{hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
+  return Philox4T<U>{hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
 }
 
 // Philox4x32-10 as in Random123 and curand: ten rounds, the key bumped between them.
-GUMBEL_HD Philox4 philox4x32_10(Philox4 counter, uint64_t seed) {
-  uint32_t k0 = static_cast<uint32_t>(seed);
-  uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+template <typename U>
+GUMBEL_HD Philox4T<U> philox4x32_10(Philox4T<U> counter, uint64_t seed) {
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
-  for (int i = 0; i < kPhiloxRounds - 1; ++i) {
-    counter = philox_round(counter, k0, k1);
-    k0 += kPhiloxW0;
-    k1 += kPhiloxW1;
+  for (int i = 0; i < kPhiloxRounds; ++i) {
+    counter = philox_round(counter, philox_key0(seed, i), philox_key1(seed, i));
   }
-  return philox_round(counter, k0, k1);
+  return counter;
+}
+
+// The low and high 32-bit words of base + d (per lane, d < 2^32), modulo 2^64.
+template <typename U>
+GUMBEL_HD void add_split_u64(uint64_t base, U d, U& lo, U& hi) {
+  const uint32_t b = static_cast<uint32_t>(base);
+  lo = d + b;
+  // The carry out of the low word (a full adder's carry), branch-free for SIMD lanes.
+  const U carry = ((d & b) | ((d | b) & ~lo)) >> 31;
+  hi = carry + static_cast<uint32_t>(base >> 32);
+}
+
+// The counter of Philox block q + dq of row `row + drow` (see Note [Philox counter
+// layout]); the scalar kernels pass dq = drow = 0, SIMD kernels a lane index in one.
+template <typename U>
+GUMBEL_HD Philox4T<U> philox_counter(uint64_t offset, uint64_t q, U dq, uint64_t row, U drow) {
+  Philox4T<U> c;
+  add_split_u64(offset / 4 + q, dq, c.x, c.y);
+  add_split_u64(row, drow, c.z, c.w);
+  return c;
 }
 
 // The four draws for columns 4*q .. 4*q+3 of row `row` (see Note [Philox counter layout]).
 GUMBEL_HD Philox4 philox_block(uint64_t seed, uint64_t offset, uint64_t row, uint64_t q) {
-  const uint64_t n = offset / 4 + q;
-  return philox4x32_10(
-      Philox4{static_cast<uint32_t>(n), static_cast<uint32_t>(n >> 32),
-              static_cast<uint32_t>(row), static_cast<uint32_t>(row >> 32)},
-      seed);
+  return philox4x32_10(philox_counter(offset, q, 0u, row, 0u), seed);
 }
 
 GUMBEL_HD uint32_t philox_lane(const Philox4& b, int lane) {
@@ -85,15 +134,18 @@ GUMBEL_HD uint32_t philox_lane(const Philox4& b, int lane) {
 }
 
 // See Note [Uniform in (0, 1)].
-GUMBEL_HD float bits_to_uniform(uint32_t bits) {
-  return (static_cast<float>(bits >> 9) + 0.5f) * 1.1920928955078125e-07f;  // 2^-23
+template <typename U>
+GUMBEL_HD auto bits_to_uniform(U bits) {
+  return lane_to_float(bits >> 9) * 1.1920928955078125e-07f + 5.9604644775390625e-08f;  // 2^-23, 2^-24
 }
 
-GUMBEL_HD float uniform_to_gumbel(float u) {
-  return -::logf(-::logf(u));
+template <typename F>
+GUMBEL_HD F uniform_to_gumbel(F u) {
+  return lane_neg_log(lane_neg_log(u));  // -log(-log(u))
 }
 
-GUMBEL_HD float gumbel_from_bits(uint32_t bits) {
+template <typename U>
+GUMBEL_HD auto gumbel_from_bits(U bits) {
   return uniform_to_gumbel(bits_to_uniform(bits));
 }
 

@@ -4,12 +4,16 @@ works, so the package falls back to the pure-PyTorch reference."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import platform
+import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -23,10 +27,34 @@ CXX_FLAGS = ["-O3", "-fopenmp"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 LD_FLAGS = ["-fopenmp"]
 
+# The per-ISA copies of the CPU kernels and the flags each is compiled with on top of
+# CXX_FLAGS (Note [Per-ISA CPU kernels] in csrc/cpu/kernel_table.h; ATen's own flags).
+# The DEFAULT copy is an ordinary source; the others are x86-64 only and must be linked
+# after it, AVX2 before AVX512. CMakeLists.txt mirrors this table.
+CPU_ISA_FLAGS = {
+    "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
+}
+
+
+def _isa_source(root: Path, isa: str) -> Path:
+    return root / "cpu" / "isa" / f"kernels_{isa}.cpp"
+
 
 def cpp_sources(root: Path = CSRC) -> List[str]:
-    """C++ sources of the op library (no Python binding stub)."""
-    return [str(p) for p in sorted(root.glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))]
+    """C++ sources of the op library compiled with the common flags (no Python binding
+    stub), the baseline copy of the CPU kernels last."""
+    paths = sorted(root.glob("*.cpp")) + sorted((root / "cpu").glob("*.cpp"))
+    return [str(p) for p in paths] + [str(_isa_source(root, "DEFAULT"))]
+
+
+def isa_sources(root: Path = CSRC) -> List[Tuple[str, List[str]]]:
+    """(source, extra flags) of the wider-ISA kernel copies for this machine's
+    architecture, in link order; empty off x86-64 (the DEFAULT copy is then the only one)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    return [(str(_isa_source(root, isa)), CPU_ISA_FLAGS[isa]) for isa in ("AVX2", "AVX512")]
 
 
 def cuda_sources(root: Path = CSRC) -> List[str]:
@@ -56,6 +84,57 @@ def _jit_build_dir() -> Path:
     return path
 
 
+def _ninja_path(path: str) -> str:
+    return path.replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+
+
+def _jit_isa_objects(build_dir: Path, cflags: List[str]) -> List[str]:
+    """Compile the wider-ISA kernel copies (cpp_extension.load has no per-file flags) with
+    a small ninja file of our own; returns object paths named by their content hash, so
+    that a changed object changes load()'s arguments and makes it relink."""
+    from torch.utils import cpp_extension
+
+    sources = isa_sources()
+    if not sources:
+        return []
+    out_dir = build_dir / "isa"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common = (
+        cflags
+        + ["-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+        + [f"-isystem{p}" for p in cpp_extension.include_paths()]
+    )
+    lines = [
+        "ninja_required_version = 1.3",
+        f"cxx = {cpp_extension.get_cxx_compiler()}",
+        "cflags = " + " ".join(_ninja_path(f) for f in common),
+        "rule compile",
+        "  command = $cxx -MMD -MF $out.d $cflags $isaflags -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+    ]
+    objects = []
+    for source, flags in sources:
+        obj = out_dir / (Path(source).stem + ".o")
+        lines += [f"build {_ninja_path(str(obj))}: compile {_ninja_path(source)}", "  isaflags = " + " ".join(flags)]
+        objects.append(obj)
+    (out_dir / "build.ninja").write_text("\n".join(lines) + "\n")
+    result = subprocess.run(["ninja", "-C", str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"compiling the per-ISA CPU kernels failed:\n{result.stdout}")
+    hashed = []
+    for obj in objects:
+        digest = hashlib.sha1(obj.read_bytes()).hexdigest()[:16]
+        target = obj.with_name(f"{obj.stem}-{digest}.o")
+        for old in out_dir.glob(f"{obj.stem}-*.o"):
+            if old != target:
+                old.unlink()
+        if not target.exists():
+            shutil.copyfile(obj, target)
+        hashed.append(str(target))
+    return hashed
+
+
 def jit_compile() -> None:
     from torch.utils import cpp_extension
 
@@ -68,12 +147,14 @@ def jit_compile() -> None:
         file=sys.stderr,
         flush=True,
     )
+    # The ISA objects go after the sources on the link line: see Note [Per-ISA CPU kernels].
+    isa_objects = _jit_isa_objects(build_dir, CXX_FLAGS)
     cpp_extension.load(
         name="gumbel_ext_jit",
         sources=sources,
         extra_cflags=CXX_FLAGS + (["-DGUMBEL_EXT_WITH_CUDA"] if with_cuda else []),
         extra_cuda_cflags=NVCC_FLAGS,
-        extra_ldflags=LD_FLAGS,
+        extra_ldflags=isa_objects + LD_FLAGS,
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=os.environ.get("GUMBEL_EXT_VERBOSE") == "1",

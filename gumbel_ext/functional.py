@@ -206,6 +206,13 @@ def gumbel_softmax(
     _check_generator(generator, logits)
     if not _use_fused(logits):
         return reference.gumbel_softmax(logits, tau, bool(hard), dim, generator=generator)
+    if not torch.is_grad_enabled() or not (
+        logits.requires_grad or (tau_rows is not None and tau_rows.requires_grad)
+    ):
+        # Nothing to differentiate: skip autograd.Function.apply, whose overhead is several
+        # times the kernel's on small inputs.
+        out, _ = torch.ops.gumbel_ext.gumbel_softmax_forward(logits, tau_value, tau_rows, bool(hard), dim, generator)
+        return out
     out, _ = _GumbelSoftmaxFunction.apply(logits, tau_rows, tau_value, bool(hard), dim, generator)
     return out
 

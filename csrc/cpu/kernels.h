@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "../op_common.h"
 
@@ -26,6 +28,17 @@ void noise(at::Tensor& out, const RowLayout& layout, uint64_t seed, uint64_t off
 // Gumbel-top-k indices, [rows, k] in row order; k = 1 is Gumbel-max.
 void sample(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, uint64_t seed,
             uint64_t offset, int64_t num_samples);
+
+// Which per-ISA copy of the kernels runs (Note [Per-ISA CPU kernels] in kernel_table.h):
+// "default", "avx2" or "avx512". The first call picks the best one this CPU supports, or
+// the one GUMBEL_EXT_CPU_CAPABILITY names.
+std::string capability();
+// The copies compiled into this build that this CPU can run, narrowest first.
+std::vector<std::string> capabilities();
+// Switches copies (tests and benchmarks); raises for one that is not available.
+void set_capability(const std::string& name);
+// Testing hook: the active copy's inline log ("log") or exp ("exp") of a float32 tensor.
+at::Tensor vec_math(const at::Tensor& x, const std::string& fn);
 
 }  // namespace cpu
 }  // namespace gumbel_ext
