@@ -57,6 +57,17 @@ def _cuda_include() -> Path | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _cpu_default_copy():
+    """The emulator runs the kernels with the host's libm logf/expf, as the CPU kernels'
+    DEFAULT copy does (the AVX copies use inline log/exp within 2 ulp, see
+    csrc/cpu/vec_math.h): compare against that copy so bitwise checks stay bitwise."""
+    before = ops._cpu_capability()
+    ops._set_cpu_capability("default")
+    yield
+    ops._set_cpu_capability(before)
+
+
 @pytest.fixture(scope="module")
 def emu():
     include = _cuda_include()
