@@ -99,11 +99,10 @@ class Preset:
 PRESETS: Dict[str, Preset] = {
     # Seconds: every mode, pass and implementation once, on tiny tensors.
     "quick": Preset(QUICK_WORKLOADS, ("fp32",), MODES, PASSES, min_run_time=0.02, min_runs=3),
-    # About two minutes on a 2-core CPU: fp32, every workload but the 33M-element lm-32k
-    # (lm-128k covers the long-row case), every mode and pass. On a GPU the same set takes
-    # seconds plus the torch.compile time.
+    # About two minutes on a 2-core CPU: fp32, every workload, every mode and pass. On a
+    # GPU the same set takes seconds plus the torch.compile time.
     "default": Preset(
-        tuple(w for w in WORKLOADS if w.name != "lm-32k"), ("fp32",), MODES, PASSES,
+        WORKLOADS, ("fp32",), MODES, PASSES,
         min_run_time=0.1, min_runs=3,
     ),
     "full": Preset(WORKLOADS, tuple(DTYPES), MODES, PASSES, min_run_time=0.2, min_runs=5),
