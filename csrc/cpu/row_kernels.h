@@ -23,6 +23,19 @@ struct RowNoise {
   uint64_t row;
 };
 
+// x = logit + g for the kChunk columns starting at c (-inf past c1): the one place the
+// row pipeline meets the noise.
+template <typename scalar_t, typename aVec>
+inline void perturbed_chunk(const scalar_t* l, int64_t c, int64_t c1, const RowNoise& rn, aVec* x) {
+  using T = Types<scalar_t>;
+  fVec g[4];
+  rn.stream.row_block(rn.row, static_cast<uint64_t>(c / 4), g);
+  aVec gn[T::kVecs];
+  noise_to_acc(g, 4, gn);
+  load_chunk_n(l + c, c1 - c, scalar_t(-kInf<float>), x);
+  for (int k = 0; k < T::kVecs; ++k) x[k] = x[k] + gn[k];
+}
+
 // x = logit + g for columns [c0, c1) into buf (the row's last chunk padded with -inf);
 // returns max x (NaN if any x is NaN). c0 is a multiple of kChunk.
 template <typename scalar_t, typename acc_t = typename Types<scalar_t>::acc_t>
@@ -31,13 +44,9 @@ acc_t perturb_range(const scalar_t* l, int64_t c0, int64_t c1, const RowNoise& r
   using aVec = typename T::aVec;
   aVec vmax(-kInf<acc_t>);
   for (int64_t c = c0; c < c1; c += kChunk) {
-    fVec g[4];
-    rn.stream.row_block(rn.row, static_cast<uint64_t>(c / 4), g);
-    aVec gn[T::kVecs], x[T::kVecs];
-    noise_to_acc(g, 4, gn);
-    load_chunk_n(l + c, c1 - c, scalar_t(-kInf<float>), x);
+    aVec x[T::kVecs];
+    perturbed_chunk(l, c, c1, rn, x);
     for (int k = 0; k < T::kVecs; ++k) {
-      x[k] = x[k] + gn[k];
       x[k].store(buf + c + k * T::A);
       vmax = at::vec::maximum(vmax, x[k]);
     }
@@ -57,13 +66,9 @@ ArgMax<acc_t> argmax_segment(const scalar_t* l, int64_t c0, int64_t c1, const Ro
   iVec idx = iVec::arange(0, 1);
   const iVec step(static_cast<idx_t>(T::A));
   for (int64_t c = c0; c < c1; c += kChunk) {
-    fVec g[4];
-    rn.stream.row_block(rn.row, static_cast<uint64_t>(c / 4), g);
-    aVec gn[T::kVecs], x[T::kVecs];
-    noise_to_acc(g, 4, gn);
-    load_chunk_n(l + c, c1 - c, scalar_t(-kInf<float>), x);
+    aVec x[T::kVecs];
+    perturbed_chunk(l, c, c1, rn, x);
     for (int k = 0; k < T::kVecs; ++k) {
-      x[k] = x[k] + gn[k];
       argmax_step(x[k], at::vec::cast<acc_t>(idx), best, best_idx, nan_seen);
       idx = idx + step;
     }
