@@ -37,19 +37,12 @@ void warp_backward(int log2_chunks, const BackwardArgs<scalar_t>& args, int64_t 
 template <typename scalar_t>
 void block_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int64_t length, bool aligned,
                     const Rng& rng, cudaStream_t stream) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int V = chunk_size<scalar_t>();
-  const int64_t chunks = ceil_div(length, V);
+  const int64_t chunks = ceil_div(length, chunk_size<scalar_t>());
   const int threads = row_block_threads(chunks);
-  const int64_t budget = int64_t{max_block_smem()} - kScratchBytes;
-  const int64_t y_bytes = chunks * V * static_cast<int64_t>(sizeof(acc_t));
-  const int64_t g_bytes = chunks * V * static_cast<int64_t>(sizeof(scalar_t));
-  const bool keep_y = y_bytes <= budget;
-  const bool keep_g = (keep_y ? y_bytes : 0) + g_bytes <= budget;
-  const size_t smem = static_cast<size_t>((keep_y ? y_bytes : 0) + (keep_g ? g_bytes : 0));
-  allow_dynamic_smem(block_backward_kernel<scalar_t>, smem);
-  block_backward_kernel<scalar_t><<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem, stream>>>(
-      args, rows, length, aligned, keep_y, keep_g, rng);
+  const BackwardSmem smem = backward_smem<scalar_t>(chunks, max_block_smem());
+  allow_dynamic_smem(block_backward_kernel<scalar_t>, smem.bytes);
+  block_backward_kernel<scalar_t><<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem.bytes, stream>>>(
+      args, rows, length, aligned, smem.keep_y, smem.keep_g, rng);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

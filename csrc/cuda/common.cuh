@@ -358,6 +358,39 @@ inline int max_block_smem() {
   return bytes;
 }
 
+// What the block-per-row kernels keep in dynamic shared memory for rows of `chunks`
+// chunks, given `smem_bytes` a block may use in all (the device's opt-in maximum; the
+// emulator passes smaller budgets to reach the regenerating paths). The launchers and
+// tests/emulation/harness.cpp both decide through these.
+struct ForwardSmem {
+  bool keep_x;  // the soft forward keeps x on chip; otherwise its second pass regenerates it
+  size_t bytes;
+};
+
+template <typename scalar_t>
+inline ForwardSmem forward_smem(Mode mode, int64_t chunks, int64_t smem_bytes) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t x_bytes = chunks * chunk_size<scalar_t>() * static_cast<int64_t>(sizeof(acc_t));
+  const bool keep_x = mode == Mode::kSoft && x_bytes + kScratchBytes <= smem_bytes;
+  return {keep_x, keep_x ? static_cast<size_t>(x_bytes) : 0};
+}
+
+struct BackwardSmem {
+  bool keep_y, keep_g;  // y_soft (acc_t) and grad (scalar_t) stay on chip
+  size_t bytes;
+};
+
+template <typename scalar_t>
+inline BackwardSmem backward_smem(int64_t chunks, int64_t smem_bytes) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t budget = smem_bytes - kScratchBytes;
+  const int64_t y_bytes = chunks * chunk_size<scalar_t>() * static_cast<int64_t>(sizeof(acc_t));
+  const int64_t g_bytes = chunks * chunk_size<scalar_t>() * static_cast<int64_t>(sizeof(scalar_t));
+  const bool keep_y = y_bytes <= budget;
+  const bool keep_g = (keep_y ? y_bytes : 0) + g_bytes <= budget;
+  return {keep_y, keep_g, static_cast<size_t>((keep_y ? y_bytes : 0) + (keep_g ? g_bytes : 0))};
+}
+
 // Kernels launched with more than the default 48 KiB of dynamic shared memory opt in.
 template <typename Kernel>
 inline void allow_dynamic_smem(Kernel kernel, size_t bytes) {

@@ -47,16 +47,12 @@ void warp_forward(int log2_chunks, const ForwardArgs<scalar_t>& args, int64_t ro
 template <typename scalar_t>
 void block_forward(const ForwardArgs<scalar_t>& args, int64_t rows, int64_t length, bool aligned,
                    const Rng& rng, cudaStream_t stream) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int V = chunk_size<scalar_t>();
-  const int64_t chunks = ceil_div(length, V);
+  const int64_t chunks = ceil_div(length, chunk_size<scalar_t>());
   const int threads = row_block_threads(chunks);
-  const int64_t x_bytes = chunks * V * static_cast<int64_t>(sizeof(acc_t));
-  const bool keep_x = args.mode == Mode::kSoft && x_bytes + kScratchBytes <= max_block_smem();
-  const size_t smem = keep_x ? static_cast<size_t>(x_bytes) : 0;
-  allow_dynamic_smem(block_forward_kernel<scalar_t>, smem);
-  block_forward_kernel<scalar_t><<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem, stream>>>(
-      args, rows, length, aligned, keep_x, rng);
+  const ForwardSmem smem = forward_smem<scalar_t>(args.mode, chunks, max_block_smem());
+  allow_dynamic_smem(block_forward_kernel<scalar_t>, smem.bytes);
+  block_forward_kernel<scalar_t><<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem.bytes, stream>>>(
+      args, rows, length, aligned, smem.keep_x, rng);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

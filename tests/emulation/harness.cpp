@@ -102,10 +102,9 @@ int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int 
       return;
     }
     const int64_t chunks = ceil_div(length, V);
-    const int64_t x_bytes = chunks * V * static_cast<int64_t>(sizeof(acc_t));
-    const bool keep_x = args.mode == Mode::kSoft && x_bytes + kScratchBytes <= smem_budget;
+    const ForwardSmem smem = forward_smem<scalar_t>(args.mode, chunks, smem_budget);
     simt::launch(block_forward_kernel<scalar_t>, dim3(capped(rows, grid_cap)), dim3(row_block_threads(chunks)),
-                 keep_x ? x_bytes : 0, args, rows, length, aligned, keep_x, r);
+                 smem.bytes, args, rows, length, aligned, smem.keep_x, r);
   });
   return rc != 0 ? rc : finish();
 }
@@ -152,14 +151,9 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
       return;
     }
     const int64_t chunks = ceil_div(length, V);
-    const int64_t budget = smem_budget - kScratchBytes;
-    const int64_t y_bytes = chunks * V * static_cast<int64_t>(sizeof(acc_t));
-    const int64_t g_bytes = chunks * V * static_cast<int64_t>(sizeof(scalar_t));
-    const bool keep_y = y_bytes <= budget;
-    const bool keep_g = (keep_y ? y_bytes : 0) + g_bytes <= budget;
-    const size_t smem = static_cast<size_t>((keep_y ? y_bytes : 0) + (keep_g ? g_bytes : 0));
+    const BackwardSmem smem = backward_smem<scalar_t>(chunks, smem_budget);
     simt::launch(block_backward_kernel<scalar_t>, dim3(capped(rows, grid_cap)), dim3(row_block_threads(chunks)),
-                 smem, args, rows, length, aligned, keep_y, keep_g, r);
+                 smem.bytes, args, rows, length, aligned, smem.keep_y, smem.keep_g, r);
   });
   return rc != 0 ? rc : finish();
 }
