@@ -1,5 +1,7 @@
 // The op schemas (one TORCH_LIBRARY for every backend) and their CPU implementations.
 // Note [Op contract]
+//   gumbel_softmax -> out: the differentiable op the Python and C++ APIs call; its
+//     autograd kernel (csrc/autograd.cpp) wraps the forward and backward ops below.
 //   gumbel_softmax_forward -> (out, rng_state): out is the soft sample or the exact
 //     one-hot; rng_state = int64 [2] (seed, offset) actually used, on the logits' device.
 //     Passing rng_state replays that noise instead of drawing from the generator.
@@ -97,6 +99,9 @@ at::Tensor sample_cpu(const at::Tensor& logits, int64_t num_samples, int64_t dim
 }  // namespace
 
 TORCH_LIBRARY(gumbel_ext, m) {
+  m.def("gumbel_softmax(Tensor logits, float tau, Tensor? tau_rows, bool hard, int dim, "
+        "Generator? generator=None, Tensor? rng_state=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
   m.def("gumbel_softmax_forward(Tensor logits, float tau, Tensor? tau_rows, bool hard, int dim, "
         "Generator? generator=None, Tensor? rng_state=None) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});

@@ -49,6 +49,10 @@ def _sample_shape(logits: torch.Tensor, num_samples: int, dim: int) -> List[int]
 
 if AVAILABLE:
 
+    @torch.library.register_fake("gumbel_ext::gumbel_softmax")
+    def _gumbel_softmax_fake(logits, tau, tau_rows, hard, dim, generator=None, rng_state=None):
+        return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake("gumbel_ext::gumbel_softmax_forward")
     def _forward_fake(logits, tau, tau_rows, hard, dim, generator=None, rng_state=None):
         out = torch.empty_like(logits, memory_format=torch.contiguous_format)

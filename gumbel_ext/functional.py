@@ -1,5 +1,5 @@
-"""The public functions: argument validation, the autograd.Function around the fused
-ops, and the fallback to the reference on devices without a kernel."""
+"""The public functions: argument validation, then the fused ops (whose autograd lives in
+C++, csrc/autograd.cpp), or the reference on devices without a kernel."""
 
 from __future__ import annotations
 
@@ -103,59 +103,6 @@ def _use_fused(logits: torch.Tensor) -> bool:
     return False
 
 
-# --------------------------------------------------------------------------- autograd
-class _GumbelSoftmaxFunction(torch.autograd.Function):
-    """Forward and backward call only the registered ops, so torch.compile traces it
-    whole. Soft mode saves the output; hard mode saves the logits (already alive) and the
-    16-byte rng_state, and regenerates y_soft in backward."""
-
-    @staticmethod
-    def forward(logits, tau_rows, tau, hard, dim, generator):
-        return torch.ops.gumbel_ext.gumbel_softmax_forward(logits, tau, tau_rows, hard, dim, generator)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        logits, tau_rows, tau, hard, dim, _ = inputs
-        out, rng_state = output
-        ctx.mark_non_differentiable(rng_state)
-        ctx.tau, ctx.hard, ctx.dim = tau, hard, dim
-        ctx.save_for_backward(logits if hard else out, rng_state, tau_rows)
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_rng_state):
-        saved, rng_state, tau_rows = ctx.saved_tensors
-        need_tau = ctx.needs_input_grad[1]
-        if torch.is_grad_enabled():
-            # create_graph=True: a backward built from differentiable torch ops.
-            grad_logits, grad_tau = _differentiable_backward(
-                grad_out, saved, rng_state, ctx.tau, tau_rows, ctx.hard, ctx.dim
-            )
-        else:
-            grad_logits, grad_tau = torch.ops.gumbel_ext.gumbel_softmax_backward(
-                grad_out, saved, rng_state, ctx.tau, tau_rows, ctx.hard, ctx.dim, need_tau
-            )
-        return grad_logits, (grad_tau if need_tau else None), None, None, None, None
-
-
-def _differentiable_backward(grad, saved, rng_state, tau, tau_rows, hard, dim):
-    """The fused backward's math in torch ops (for double backward)."""
-    tau_t = tau_rows if tau_rows is not None else tau
-    acc = torch.float64 if saved.dtype == torch.float64 else torch.float32
-    if hard:
-        noise = torch.ops.gumbel_ext.gumbel_noise(saved, dim, rng_state)
-        y = reference.soft_from_noise(saved, noise, tau_t, dim).to(saved.dtype).to(acc)
-    else:
-        y = saved.to(acc)
-    g = grad.to(acc)
-    dz = y * (g - (g * y).sum(dim=dim, keepdim=True))
-    grad_logits = (dz / tau_t).to(saved.dtype)
-    grad_tau = None
-    if tau_rows is not None:
-        log_y = torch.log(torch.where(y > 0, y, torch.ones_like(y)))
-        grad_tau = -(log_y * dz).sum(dim=dim, keepdim=True) / tau_rows
-    return grad_logits, grad_tau
-
-
 # ----------------------------------------------------------------------------- public
 def gumbel_softmax(
     logits: torch.Tensor,
@@ -206,15 +153,9 @@ def gumbel_softmax(
     _check_generator(generator, logits)
     if not _use_fused(logits):
         return reference.gumbel_softmax(logits, tau, bool(hard), dim, generator=generator)
-    if not torch.is_grad_enabled() or not (
-        logits.requires_grad or (tau_rows is not None and tau_rows.requires_grad)
-    ):
-        # Nothing to differentiate: skip autograd.Function.apply, whose overhead is several
-        # times the kernel's on small inputs.
-        out, _ = torch.ops.gumbel_ext.gumbel_softmax_forward(logits, tau_value, tau_rows, bool(hard), dim, generator)
-        return out
-    out, _ = _GumbelSoftmaxFunction.apply(logits, tau_rows, tau_value, bool(hard), dim, generator)
-    return out
+    # The op's autograd kernel is C++ (csrc/autograd.cpp): a few microseconds a call, where
+    # a Python autograd.Function costs tens -- the kernel's own time on small inputs.
+    return torch.ops.gumbel_ext.gumbel_softmax(logits, tau_value, tau_rows, bool(hard), dim, generator)
 
 
 def sample(

@@ -28,6 +28,37 @@ def test_opcheck_forward(device):
         torch.library.opcheck(ops.gumbel_softmax_forward.default, args)
 
 
+def test_opcheck_differentiable_op(device):
+    # Also checks that the autograd kernel is registered and that AOT dispatch traces it.
+    for args in _forward_samples(device):
+        x, tau, tau_rows, hard, dim, gen, state = args
+        if x.dtype in (torch.float32, torch.float64) and x.numel():
+            x = x.detach().requires_grad_()
+            if tau_rows is not None:
+                tau_rows = tau_rows.detach().requires_grad_()
+        torch.library.opcheck(ops.gumbel_softmax.default, (x, tau, tau_rows, hard, dim, gen, state))
+
+
+def test_autograd_is_a_cpp_kernel(device):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("gumbel_ext::gumbel_softmax", "Autograd")
+    x = torch.randn(4, 6, device=device, requires_grad=True)
+    y = gumbel_ext.gumbel_softmax(x, hard=True)
+    # A C++ node (not a Python BackwardCFunction) that saved no logits-sized tensor of its own.
+    assert type(y.grad_fn).__name__ != "BackwardCFunction"
+    assert "GumbelSoftmaxFunction" in y.grad_fn.name()
+
+
+def test_inference_mode(device):
+    x = torch.randn(4, 6, device=device)
+    state = torch.tensor([5, 0], dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        y = ops.gumbel_softmax(x, 0.5, None, False, -1, None, state)
+        z = gumbel_ext.gumbel_softmax(x, tau=0.5, hard=True)
+    assert y.is_inference() and z.is_inference()
+    torch.testing.assert_close(y, ops.gumbel_softmax_forward(x, 0.5, None, False, -1, None, state)[0])
+    assert torch.equal(z.sum(-1), torch.ones(4, device=device))
+
+
 def test_opcheck_backward(device):
     for x, tau, tau_rows, hard, dim, _, state in _forward_samples(device):
         out, _ = fused(x, tau, hard, dim, rng_state=state, tau_rows=tau_rows)

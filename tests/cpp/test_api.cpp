@@ -61,6 +61,9 @@ void test_registered() {
   // dependency), before anything here called into it.
   auto& d = c10::Dispatcher::singleton();
   EXPECT(d.findSchema({"gumbel_ext::gumbel_softmax_forward", ""}).has_value());
+  // The differentiable op the API calls, with its autograd kernel (csrc/autograd.cpp).
+  const auto op = d.findSchema({"gumbel_ext::gumbel_softmax", ""});
+  EXPECT(op.has_value() && op->hasKernelForDispatchKey(c10::DispatchKey::Autograd));
   EXPECT(d.findSchema({"gumbel_ext::sample", ""}).has_value());
 }
 
