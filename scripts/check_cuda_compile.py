@@ -3,9 +3,11 @@
 nvcc compiles every csrc/cuda/*.cu translation unit (so every dtype instantiation) with
 -c, for sm_80 and sm_90 by default, against the installed torch's headers and with the
 flags of the real build (gumbel_ext/_build.py NVCC_FLAGS plus torch's COMMON_NVCC_FLAGS).
-Exit status 1 on any compile error, and on any warning raised in this project's own
-files; warnings inside torch's headers are only counted. Without nvcc: a skip message
-and exit 0.
+Exit status 1 on any compile error, on any warning raised in this project's own files
+(warnings inside torch's headers are only counted), and on any register spill or stack
+frame in this project's kernels, read from ptxas's resource report: a spill is a silent
+slowdown that only a GPU would otherwise show (cub's own kernels are only reported).
+Without nvcc: a skip message and exit 0.
 
 A CPU-only torch wheel ships c10/cuda headers but not the generated
 c10/cuda/impl/cuda_cmake_macros.h; a one-line stand-in goes into a build-only include
@@ -29,6 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "cuda-check"
 DEFAULT_ARCHS = ["80", "90"]
 WARNING = re.compile(r"warning", re.IGNORECASE)
+# ptxas -v: "Compiling entry function '<mangled>' for 'sm_90'", then "Function properties
+# for <mangled>", "<n> bytes stack frame, <n> bytes spill stores, <n> bytes spill loads",
+# "Used <n> registers, ...".
+ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(sm_\d+a?)'")
+FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+REGISTERS = re.compile(r"Used (\d+) registers")
+OURS = "gumbel_ext"  # in every mangled name of this project's kernels
 
 
 def find_nvcc() -> Optional[str]:
@@ -73,6 +82,7 @@ def nvcc_command(nvcc: str, source: Path, obj: Path, archs: List[str], build) ->
     abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
     cmd = [nvcc, "-c", str(source), "-o", str(obj)] + flags
     cmd += [f"-I{d}" for d in include_dirs()]
+    cmd += ["-Xptxas", "-v"]  # the resource report that resources() reads
     cmd += [
         "-DTORCH_API_INCLUDE_EXTENSION_H",
         "-DTORCH_EXTENSION_NAME=_C",
@@ -91,6 +101,41 @@ def own_warnings(output: str) -> List[str]:
     return [
         line for line in output.splitlines()
         if WARNING.search(line) and (csrc in line or line.startswith("csrc/"))
+    ]
+
+
+def resources(output: str) -> List[Tuple[str, str, int, int, int]]:
+    """(kernel, arch, registers, stack frame bytes, spill bytes) of every entry function
+    ptxas compiled, from its -v report."""
+    found = []
+    kernel = arch = None
+    regs = 0
+    frame = (0, 0, 0)
+    for line in output.splitlines():
+        entry = ENTRY.search(line)
+        if entry:
+            if kernel is not None:
+                found.append((kernel, arch, regs, frame[0], frame[1] + frame[2]))
+            kernel, arch = entry.groups()
+            regs, frame = 0, (0, 0, 0)
+            continue
+        match = FRAME.search(line)
+        if match:
+            frame = tuple(int(v) for v in match.groups())
+        match = REGISTERS.search(line)
+        if match:
+            regs = int(match.group(1))
+    if kernel is not None:
+        found.append((kernel, arch, regs, frame[0], frame[1] + frame[2]))
+    return found
+
+
+def spilling(output: str) -> List[str]:
+    """This project's kernels with a stack frame or register spills."""
+    return [
+        f"{kernel} ({arch}): {regs} registers, {frame} B stack frame, {spill} B spilled"
+        for kernel, arch, regs, frame, spill in resources(output)
+        if OURS in kernel and (frame or spill)
     ]
 
 
@@ -139,13 +184,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             name = source.relative_to(ROOT)
             ours = own_warnings(output)
             other = sum(1 for line in output.splitlines() if WARNING.search(line)) - len(ours)
-            if rc != 0 or ours:
+            spills = spilling(output) if rc == 0 else []
+            if rc != 0 or ours or spills:
                 failed += 1
-                print(f"  FAIL {name} ({seconds:.0f} s)" + (" -- warnings in our sources" if rc == 0 else ""))
-                print(output)
+                why = " -- warnings in our sources" if ours else " -- register spills" if spills else ""
+                print(f"  FAIL {name} ({seconds:.0f} s){why}")
+                print("\n".join(spills) if spills and not ours else output)
                 continue
+            kernels = [r for r in resources(output) if OURS in r[0]]
             note = f", {other} warning lines in torch headers" if other else ""
-            print(f"  ok   {name} ({seconds:.0f} s{note})", flush=True)
+            most = max((r[2] for r in kernels), default=0)
+            print(f"  ok   {name} ({seconds:.0f} s, {len(kernels)} kernels, no spills, "
+                  f"<= {most} registers{note})", flush=True)
             if args.verbose and output.strip():
                 print(output)
     if failed:
