@@ -24,7 +24,7 @@ from .check import check_case
 from .implementations import IMPL_KEYS, IMPLS, impls_for
 from .measure import first_call_seconds, measure
 from .memory import cuda_peak_bytes, saved_tensor_bytes
-from .workloads import DTYPES, MODES, PASSES, PRESETS, Case, Preset, find_workloads, make_cases, make_input
+from .workloads import DTYPES, MODES, PASSES, Case, Preset, find_workloads, make_cases, make_input, preset_for
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -58,9 +58,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _preset(args: argparse.Namespace) -> tuple:
+def _preset(args: argparse.Namespace, device: torch.device) -> tuple:
     name = "quick" if args.quick else "full" if args.full else "default"
-    preset = PRESETS[name]
+    preset = preset_for(name, device.type)
     custom = any(getattr(args, a) for a in ("workloads", "dtypes", "modes", "passes", "impls"))
     workloads = find_workloads(args.workloads) if args.workloads else preset.workloads
     preset = Preset(
@@ -164,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("benchmarks: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
-    preset_name, preset, suffix = _preset(args)
+    preset_name, preset, suffix = _preset(args, device)
     keys = tuple(args.impls or IMPL_KEYS)
     cases = make_cases(preset.workloads, preset.dtypes, preset.modes, preset.passes)
     plan = [(c, impls_for(c, keys)) for c in cases]

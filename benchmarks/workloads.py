@@ -47,6 +47,12 @@ WORKLOADS: Tuple[Workload, ...] = (
     Workload("channels", (64, 256, 32, 32), dim=1, user="discrete channel choice in a conv net"),
 )
 
+# Issue 3's CUDA targets are stated at 8192x32000 (an LM training step): part of the CUDA
+# default set only -- on a CPU each baseline call of it takes seconds.
+GPU_WORKLOADS: Tuple[Workload, ...] = (
+    Workload("lm-32k-batch", (8192, 32000), user="LM training step, 8k tokens x 32k vocabulary (CUDA targets)"),
+)
+
 # --quick: small stand-ins that still walk every code path (last dim and a strided dim).
 QUICK_WORKLOADS: Tuple[Workload, ...] = (
     Workload("rl-head", (256, 10), user="RL policy / VAE categorical head, small batch"),
@@ -109,6 +115,15 @@ PRESETS: Dict[str, Preset] = {
 }
 
 
+def preset_for(name: str, device_type: str) -> Preset:
+    """PRESETS[name], with the GPU-only workloads added on CUDA (default and full)."""
+    preset = PRESETS[name]
+    if device_type == "cuda" and name != "quick":
+        return Preset(preset.workloads + GPU_WORKLOADS, preset.dtypes, preset.modes, preset.passes,
+                      preset.min_run_time, preset.min_runs)
+    return preset
+
+
 def make_cases(
     workloads: Iterable[Workload], dtypes: Iterable[str], modes: Iterable[str], passes: Iterable[str]
 ) -> List[Case]:
@@ -121,7 +136,7 @@ def make_cases(
 
 
 def find_workloads(names: Iterable[str]) -> Tuple[Workload, ...]:
-    known = {w.name: w for w in WORKLOADS + QUICK_WORKLOADS}
+    known = {w.name: w for w in WORKLOADS + GPU_WORKLOADS + QUICK_WORKLOADS}
     missing = [n for n in names if n not in known]
     if missing:
         raise ValueError(f"unknown workload(s) {missing}; known: {sorted(known)}")

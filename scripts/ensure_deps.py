@@ -17,7 +17,6 @@ PACKAGES = {
     "hypothesis": "hypothesis",
     "numpy": "numpy",
     "scipy": "scipy",
-    "expecttest": "expecttest",
     "tabulate": "tabulate",
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
