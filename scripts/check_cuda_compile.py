@@ -3,6 +3,9 @@
 nvcc compiles every csrc/cuda/*.cu translation unit (so every dtype instantiation) with
 -c, for sm_80 and sm_90 by default, against the installed torch's headers and with the
 flags of the real build (gumbel_ext/_build.py NVCC_FLAGS plus torch's COMMON_NVCC_FLAGS).
+One nvcc run per architecture, each under one C++ standard: C++20 (what this torch's
+cpp_extension passes) for the first, C++17 (what torch < 2.12 passes; the GPU machines'
+torch 2.11 among them) for the others, so both standards are checked at no extra cost.
 Exit status 1 on any compile error, on any warning raised in this project's own files
 (warnings inside torch's headers are only counted), and on any register spill or stack
 frame in this project's kernels, read from ptxas's resource report: a spill is a silent
@@ -73,12 +76,12 @@ def include_dirs() -> List[str]:
     return dirs
 
 
-def nvcc_command(nvcc: str, source: Path, obj: Path, archs: List[str], build) -> List[str]:
+def nvcc_command(nvcc: str, source: Path, obj: Path, archs: List[str], build, std: str = "c++20") -> List[str]:
     import torch
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
     flags = list(build.NVCC_FLAGS) + [f for f in COMMON_NVCC_FLAGS if f not in build.NVCC_FLAGS]
-    flags.append("-std=c++20")  # what torch.utils.cpp_extension passes nvcc for this torch
+    flags.append(f"-std={std}")
     abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", 1))
     cmd = [nvcc, "-c", str(source), "-o", str(obj)] + flags
     cmd += [f"-I{d}" for d in include_dirs()]
@@ -139,12 +142,17 @@ def spilling(output: str) -> List[str]:
     ]
 
 
-def compile_one(nvcc: str, source: Path, archs: List[str], build) -> Tuple[Path, int, str, float]:
-    obj = BUILD / "obj" / (source.stem + ".o")
+def standard_for(index: int) -> str:
+    """The C++ standard of the index-th architecture's run (see the module docstring)."""
+    return "c++20" if index == 0 else "c++17"
+
+
+def compile_one(nvcc: str, source: Path, archs: List[str], build, std: str) -> Tuple[Path, int, str, float]:
+    obj = BUILD / "obj" / f"{source.stem}-{'-'.join(archs)}.o"
     obj.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     proc = subprocess.run(
-        nvcc_command(nvcc, source, obj, archs, build),
+        nvcc_command(nvcc, source, obj, archs, build, std),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -173,15 +181,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("cuda-check: FAILED -- no csrc/cuda/*.cu sources found")
         return 1
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    print(f"cuda-check: {nvcc}, sm_{', sm_'.join(archs)}, {len(sources)} translation units, "
-          f"{args.jobs} jobs", flush=True)
+    runs = [(arch, standard_for(i)) for i, arch in enumerate(archs)]
+    print(f"cuda-check: {nvcc}, " + ", ".join(f"sm_{a} as {std}" for a, std in runs) +
+          f", {len(sources)} translation units, {args.jobs} jobs", flush=True)
 
     failed = 0
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(compile_one, nvcc, s, archs, build) for s in sources]
-        for future in futures:
+        futures = [(pool.submit(compile_one, nvcc, s, [arch], build, std), arch, std)
+                   for s in sources for arch, std in runs]
+        for future, arch, std in futures:
             source, rc, output, seconds = future.result()
-            name = source.relative_to(ROOT)
+            name = f"{source.relative_to(ROOT)} sm_{arch} {std}"
             ours = own_warnings(output)
             other = sum(1 for line in output.splitlines() if WARNING.search(line)) - len(ours)
             spills = spilling(output) if rc == 0 else []
@@ -199,7 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.verbose and output.strip():
                 print(output)
     if failed:
-        print(f"cuda-check: FAILED ({failed} of {len(sources)} translation units)")
+        print(f"cuda-check: FAILED ({failed} of {len(futures)} compiles)")
         return 1
     print("cuda-check: all CUDA translation units compile")
     return 0

@@ -60,6 +60,11 @@ def main(extra_args):
     configure = [cmake, "-S", ROOT, "-B", BUILD, f"-DCMAKE_PREFIX_PATH={prefix}"]
     if cached("CMAKE_GENERATOR") is None and shutil.which("ninja"):
         configure += ["-G", "Ninja"]  # only on a fresh dir: the generator cannot change
+    if not any(a.startswith("-DCMAKE_CXX_STANDARD") for a in extra_args) and _torch_accepts_cxx17(torch):
+        # The Python build compiles the sources as C++20 (this torch's choice); this one
+        # checks that they stay C++17, what torch < 2.12 builds extensions with (the GPU
+        # machines' torch 2.11 among them). torch >= 2.14 refuses C++17 outright.
+        configure += ["-DCMAKE_CXX_STANDARD=17"]
     jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
     try:
         run(configure + list(extra_args))
@@ -71,6 +76,11 @@ def main(extra_args):
         return 1
     print(f"cmake_build: OK in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
+
+
+def _torch_accepts_cxx17(torch) -> bool:
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return (major, minor) < (2, 14)
 
 
 if __name__ == "__main__":
