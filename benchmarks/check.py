@@ -9,7 +9,9 @@ is compared exactly as the full tensor would be."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -55,6 +57,25 @@ def _compare(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float, atol
     return None
 
 
+def _diagnose(case: Case, x: torch.Tensor, out: torch.Tensor, want: torch.Tensor, rng_state: torch.Tensor) -> str:
+    """What a failed forward check adds to its message: whether replaying the fused op on
+    the same (seed, offset) reproduces the mismatch (a deterministic bug for these inputs)
+    or matches the reference (the first call went wrong: a transient fault), and a file
+    with everything needed to replay it."""
+    k, w = want.shape[0], case.workload
+    again, _ = torch.ops.gumbel_ext.gumbel_softmax_forward(x, TAU, None, case.mode == "hard", w.dim, None, rng_state)
+    same = torch.equal(again[:k].nan_to_num(), out[:k].nan_to_num())
+    matches = _compare("replay", again[:k], want, sum_rtol(x.dtype, w.categories), DTYPE_ATOL[x.dtype]) is None
+    bad_rows = ((out[:k].float() - want.float()).abs().nan_to_num(0.0) > 1e-6).movedim(w.dim, -1)
+    bad_rows = bad_rows.reshape(-1, w.categories).any(-1).nonzero().flatten().tolist()
+    dump = Path(tempfile.gettempdir()) / f"gumbel_ext-check-{case.key.replace('/', '-')}.pt"
+    torch.save({"case": case.key, "x": x.cpu(), "rng_state": rng_state.cpu(), "out": out[:k].cpu(),
+                "want": want.cpu(), "replay": again[:k].cpu(), "bad_rows": bad_rows}, dump)
+    verdict = ("replay reproduces it" if same else
+               "replay matches the reference (transient)" if matches else "replay differs from both")
+    return f" [rng_state {rng_state.tolist()}; {verdict}; rows {bad_rows[:12]}; inputs saved to {dump}]"
+
+
 def reference_grad(x, grad, rng_state, hard: bool, dim: int) -> torch.Tensor:
     """The gradient the fused backward is specified to return, in reference ops: the
     softmax backward on y_soft rounded to the logits' dtype (as F.gumbel_softmax's
@@ -91,6 +112,8 @@ def check_case(case: Case, x: torch.Tensor, grad: Optional[torch.Tensor]) -> Che
     err = (out[:k].float() - want.float()).abs().nan_to_num(0.0).max().item()
     # hard: the exact one-hot, compared exactly.
     problem = _compare("forward", out[:k], want, 0 if hard else rtol, 0 if hard else atol)
+    if problem is not None:
+        problem += _diagnose(case, x, out, want, rng_state)
     if problem is None and grad is not None:
         saved = x if hard else out
         got_grad, _ = torch.ops.gumbel_ext.gumbel_softmax_backward(

@@ -100,6 +100,11 @@ def test_check_catches_wrong_noise(monkeypatch, mode, pass_):
     monkeypatch.setattr(check.reference, "gumbel_noise", lambda x, dim, rng: true_noise(x, dim, rng).roll(1, dim))
     result = check.check_case(case, x, grad)
     assert result.status == "FAIL", result
+    if mode != "sample":
+        # A forward mismatch says whether a replay reproduces it, and saves what replays it.
+        assert "replay reproduces it" in result.detail, result.detail
+        dump = torch.load(result.detail.split("inputs saved to ")[1].rstrip("]"))
+        assert torch.equal(dump["x"], x.detach()) and dump["bad_rows"]
 
 
 def test_cuda_presets_add_the_target_workload():
