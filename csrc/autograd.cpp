@@ -10,7 +10,10 @@
 // forward and backward ops, which have fake kernels. Soft mode saves the output; hard
 // mode saves the logits (alive anyway) and the 16-byte rng_state, and the backward kernel
 // regenerates y_soft: nothing of the logits' size is kept. Double backward
-// (create_graph=true) differentiates a backward built from differentiable ATen ops.
+// (create_graph=true) differentiates a backward built from differentiable ATen ops, which
+// is also the op gumbel_ext::_differentiable_backward (CompositeImplicitAutograd): the
+// Python wrapper's autograd.Function for torch.func transforms (which refuse C++ autograd
+// Functions) uses it too, so that math exists once.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -54,6 +57,19 @@ std::tuple<at::Tensor, at::Tensor> differentiable_backward(const at::Tensor& gra
     // (the where keeps log's derivative at 0 out of the graph).
     const at::Tensor log_y = at::where(y.gt(0), y, at::ones_like(y)).log();
     grad_tau = log_y.mul(dz).sum(dim, true).neg().div(tau_rows);
+  }
+  return {grad_logits, grad_tau};
+}
+
+// The op form: grad_tau_rows is empty (not undefined) without tau_rows.
+std::tuple<at::Tensor, at::Tensor> differentiable_backward_op(const at::Tensor& grad, const at::Tensor& saved,
+                                                              const at::Tensor& rng_state, double tau,
+                                                              const std::optional<at::Tensor>& tau_rows,
+                                                              bool hard, int64_t dim) {
+  auto [grad_logits, grad_tau] = differentiable_backward(grad, saved, rng_state, tau,
+                                                         tau_rows.value_or(at::Tensor()), hard, dim);
+  if (!grad_tau.defined()) {
+    grad_tau = at::empty({0}, saved.options().dtype(saved.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   }
   return {grad_logits, grad_tau};
 }
@@ -124,6 +140,10 @@ TORCH_LIBRARY_IMPL(gumbel_ext, Autograd, m) {
 
 TORCH_LIBRARY_IMPL(gumbel_ext, CompositeExplicitAutograd, m) {
   m.impl("gumbel_softmax", &gumbel_softmax_values);
+}
+
+TORCH_LIBRARY_IMPL(gumbel_ext, CompositeImplicitAutograd, m) {
+  m.impl("_differentiable_backward", &differentiable_backward_op);
 }
 
 }  // namespace gumbel_ext

@@ -8,6 +8,8 @@
 //   gumbel_softmax_backward -> (grad_logits, grad_tau_rows): `saved` is the soft output
 //     (hard=false) or the logits (hard=true: y_soft is regenerated, nothing N-sized is
 //     kept). grad_tau_rows has tau_rows' shape when need_grad_tau, else it is empty.
+//   _differentiable_backward: the backward in differentiable ATen ops (double backward,
+//     torch.func transforms); grad_tau_rows is empty without tau_rows.
 //   gumbel_noise: the float32 noise every element gets for a given rng_state.
 //   sample: Gumbel-max / Gumbel-top-k category indices, the same noise as hard=True.
 #include <torch/library.h>
@@ -105,6 +107,8 @@ TORCH_LIBRARY(gumbel_ext, m) {
   m.def("gumbel_softmax_forward(Tensor logits, float tau, Tensor? tau_rows, bool hard, int dim, "
         "Generator? generator=None, Tensor? rng_state=None) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
+  m.def("_differentiable_backward(Tensor grad, Tensor saved, Tensor rng_state, float tau, "
+        "Tensor? tau_rows, bool hard, int dim) -> (Tensor, Tensor)");
   m.def("gumbel_softmax_backward(Tensor grad, Tensor saved, Tensor rng_state, float tau, "
         "Tensor? tau_rows, bool hard, int dim, bool need_grad_tau) -> (Tensor, Tensor)");
   m.def("gumbel_noise(Tensor logits, int dim, Tensor rng_state) -> Tensor");

@@ -1,5 +1,6 @@
 """The public functions: argument validation, then the fused ops (whose autograd lives in
-C++, csrc/autograd.cpp), or the reference on devices without a kernel."""
+C++, csrc/autograd.cpp; a thin Python autograd.Function under torch.func transforms), or
+the reference on devices without a kernel."""
 
 from __future__ import annotations
 
@@ -103,6 +104,43 @@ def _use_fused(logits: torch.Tensor) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------- autograd
+class _FunctorchFunction(torch.autograd.Function):
+    """torch.func transforms (grad, vjp, vmap of grad, ...) refuse C++ autograd Functions,
+    so under them the same ops are wrapped here instead: the forward and backward ops, and
+    for a differentiable backward (create_graph, grad of grad) the op
+    gumbel_ext::_differentiable_backward -- the math csrc/autograd.cpp also uses."""
+
+    @staticmethod
+    def forward(logits, tau_rows, tau, hard, dim, generator):
+        return torch.ops.gumbel_ext.gumbel_softmax_forward(logits, tau, tau_rows, hard, dim, generator)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, tau_rows, tau, hard, dim, _ = inputs
+        out, rng_state = output
+        ctx.mark_non_differentiable(rng_state)
+        ctx.tau, ctx.hard, ctx.dim = tau, hard, dim
+        ctx.save_for_backward(logits if hard else out, rng_state, tau_rows)
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_rng_state):
+        saved, rng_state, tau_rows = ctx.saved_tensors
+        need_tau = ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():
+            op = torch.ops.gumbel_ext._differentiable_backward
+            grad_logits, grad_tau = op(grad_out, saved, rng_state, ctx.tau, tau_rows, ctx.hard, ctx.dim)
+        else:
+            grad_logits, grad_tau = torch.ops.gumbel_ext.gumbel_softmax_backward(
+                grad_out, saved, rng_state, ctx.tau, tau_rows, ctx.hard, ctx.dim, need_tau
+            )
+        return grad_logits, (grad_tau if need_tau else None), None, None, None, None
+
+
+def _functorch_active() -> bool:
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 # ----------------------------------------------------------------------------- public
 def gumbel_softmax(
     logits: torch.Tensor,
@@ -153,6 +191,8 @@ def gumbel_softmax(
     _check_generator(generator, logits)
     if not _use_fused(logits):
         return reference.gumbel_softmax(logits, tau, bool(hard), dim, generator=generator)
+    if _functorch_active():
+        return _FunctorchFunction.apply(logits, tau_rows, tau_value, bool(hard), dim, generator)[0]
     # The op's autograd kernel is C++ (csrc/autograd.cpp): a few microseconds a call, where
     # a Python autograd.Function costs tens -- the kernel's own time on small inputs.
     return torch.ops.gumbel_ext.gumbel_softmax(logits, tau_value, tau_rows, bool(hard), dim, generator)

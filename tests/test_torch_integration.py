@@ -48,6 +48,38 @@ def test_autograd_is_a_cpp_kernel(device):
     assert "GumbelSoftmaxFunction" in y.grad_fn.name()
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_torch_func_grad_and_grad_of_grad(hard, device):
+    # torch.func refuses C++ autograd Functions: the wrapper switches to a Python one there.
+    x = torch.randn(5, 7, device=device, dtype=torch.float64)
+    w = torch.randn(5, 7, device=device, dtype=torch.float64)
+    tau = torch.tensor(0.7, device=device, dtype=torch.float64)
+
+    def loss(x, tau):
+        gen = torch.Generator(device=device).manual_seed(4)
+        return (gumbel_ext.gumbel_softmax(x, tau=tau, hard=hard, generator=gen) * w).sum()
+
+    gx, gt = torch.func.grad(loss, argnums=(0, 1))(x, tau)
+    xe, te = x.clone().requires_grad_(), tau.clone().requires_grad_()
+    ex, et = torch.autograd.grad(loss(xe, te), (xe, te), create_graph=True)
+    torch.testing.assert_close(gx, ex)
+    torch.testing.assert_close(gt, et)
+    # grad of grad (double backward) agrees with eager's create_graph path.
+    hx = torch.func.grad(lambda x: torch.func.grad(loss)(x, tau).pow(2).sum())(x)
+    (ehx,) = torch.autograd.grad(ex.pow(2).sum(), xe)
+    torch.testing.assert_close(hx, ehx)
+
+
+def test_opcheck_differentiable_backward(device):
+    state = torch.tensor([77, 0], dtype=torch.int64, device=device)
+    x = torch.randn(4, 9, device=device, dtype=torch.float64)
+    y, _ = ops.gumbel_softmax_forward(x, 0.5, None, False, -1, None, state)
+    rows = torch.rand(4, 1, device=device, dtype=torch.float64) + 0.5
+    for saved, tau_rows, hard in ((y, None, False), (x, rows, True)):
+        torch.library.opcheck(ops._differentiable_backward.default,
+                              (torch.randn_like(x), saved, state, 0.5, tau_rows, hard, -1))
+
+
 def test_inference_mode(device):
     x = torch.randn(4, 6, device=device)
     state = torch.tensor([5, 0], dtype=torch.int64, device=device)
