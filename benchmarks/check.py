@@ -73,6 +73,9 @@ def _diagnose(case: Case, x: torch.Tensor, out: torch.Tensor, want: torch.Tensor
                 "want": want.cpu(), "replay": again[:k].cpu(), "bad_rows": bad_rows}, dump)
     verdict = ("replay reproduces it" if same else
                "replay matches the reference (transient)" if matches else "replay differs from both")
+    # And the other side: is the reference itself reproducible?
+    want_again = reference.gumbel_softmax(x[:k], TAU, case.mode == "hard", w.dim, rng_state=rng_state)
+    verdict += "; the reference recomputes " + ("the same" if torch.equal(want_again.nan_to_num(), want.nan_to_num()) else "differently")
     return f" [rng_state {rng_state.tolist()}; {verdict}; rows {bad_rows[:12]}; inputs saved to {dump}]"
 
 

@@ -102,7 +102,7 @@ def test_check_catches_wrong_noise(monkeypatch, mode, pass_):
     assert result.status == "FAIL", result
     if mode != "sample":
         # A forward mismatch says whether a replay reproduces it, and saves what replays it.
-        assert "replay reproduces it" in result.detail, result.detail
+        assert "replay reproduces it" in result.detail and "reference recomputes the same" in result.detail, result.detail
         dump = torch.load(result.detail.split("inputs saved to ")[1].rstrip("]"))
         assert torch.equal(dump["x"], x.detach()) and dump["bad_rows"]
 
