@@ -15,6 +15,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 step=${1:-}
+if [[ "$step" != test && "$step" != bench ]]; then
+  echo "usage: scripts/gpu_session.sh test|bench" >&2
+  exit 2
+fi
 out=${OUT:-benchmarks/results/gpu-session}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -59,16 +63,16 @@ case "$step" in
     ;;
   bench)
     # At most 8 files come back from the device: env.txt, bench.log, cuda-*.json/.md/.png,
-    # cuda-*-custom.json/.md (bf16) and cuda-targets.md.
+    # cuda-*-bf16.json/.md and cuda-targets.md.
     make build || exit 1
     {
       make bench BENCH_ARGS="--out $out"
       python3 -m benchmarks.run --workloads lm-32k-batch --dtypes bf16 --no-plot --out "$out"
     } 2>&1 | tee "$out/bench.log"
+    # A filtered run is named -custom (git-ignored as a scratch run): this one is a result.
+    for f in "$out"/cuda-*-custom.*; do
+      [[ -e "$f" ]] && mv "$f" "${f/-custom./-bf16.}"
+    done
     python3 -m benchmarks.cuda_targets "$out"/cuda-*.json --md "$out/cuda-targets.md"
-    ;;
-  *)
-    echo "usage: scripts/gpu_session.sh test|bench" >&2
-    exit 2
     ;;
 esac
