@@ -11,10 +11,7 @@ namespace {
 template <typename scalar_t, int L>
 void launch_warp_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int length, bool aligned,
                           const Rng& rng, cudaStream_t stream) {
-  constexpr int K = 1 << L;
-  constexpr int W = K < kWarpSize ? K : kWarpSize;
-  constexpr int rows_per_block = kWarpRowThreads / kWarpSize * (kWarpSize / W);
-  const int64_t blocks = std::min(ceil_div(rows, rows_per_block), kMaxGrid);
+  const int64_t blocks = std::min(ceil_div(rows, warp_rows_per_block<L>()), kMaxGrid);
   warp_backward_kernel<scalar_t, L><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(
       args, rows, length, aligned, rng);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

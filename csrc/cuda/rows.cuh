@@ -14,6 +14,15 @@ namespace cuda {
 constexpr int kWarpRowThreads = 128;
 // Rows up to this length are held in registers, one warp (or part of one) per row.
 constexpr int kMaxWarpRow = 1024;
+// Rows one kWarpRowThreads block of the warp-per-row kernels covers when a row has 2^L
+// chunks (W = min(2^L, 32) lanes each): the launchers and tests/emulation/harness.cpp
+// size their grids with it.
+template <int L>
+constexpr int warp_rows_per_block() {
+  constexpr int W = (1 << L) < kWarpSize ? (1 << L) : kWarpSize;
+  return kWarpRowThreads / kWarpSize * (kWarpSize / W);
+}
+
 // Threads per block of the kernels parallel over the inner dim.
 constexpr int kSpatialThreads = 256;
 

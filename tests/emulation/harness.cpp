@@ -93,8 +93,7 @@ int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int 
       with_log2(ceil_log2(ceil_div(length, V)), [&](auto l) {
         constexpr int L = decltype(l)::value;
         if constexpr ((1 << L) * V <= kMaxWarpRow) {
-          constexpr int W = (1 << L) < kWarpSize ? (1 << L) : kWarpSize;
-          constexpr int per_block = kWarpRowThreads / kWarpSize * (kWarpSize / W);
+          constexpr int per_block = warp_rows_per_block<L>();
           simt::launch(warp_forward_kernel<scalar_t, L>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
                        dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), aligned, r);
         }
@@ -142,8 +141,7 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
       with_log2(ceil_log2(ceil_div(length, V)), [&](auto l) {
         constexpr int L = decltype(l)::value;
         if constexpr ((1 << L) * V <= kMaxWarpRow) {
-          constexpr int W = (1 << L) < kWarpSize ? (1 << L) : kWarpSize;
-          constexpr int per_block = kWarpRowThreads / kWarpSize * (kWarpSize / W);
+          constexpr int per_block = warp_rows_per_block<L>();
           simt::launch(warp_backward_kernel<scalar_t, L>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
                        dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), aligned, r);
         }
