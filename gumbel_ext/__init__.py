@@ -6,10 +6,20 @@
 """
 
 from . import reference
+from ._version import NOISE_VERSION, __version__
 from ._ops import AVAILABLE as _EXTENSION_AVAILABLE
 from .functional import gumbel_softmax, sample
 from .modules import GumbelSoftmax
 from .patch import is_patched, patch_torch, unpatch_torch
 
-__all__ = ["gumbel_softmax", "sample", "GumbelSoftmax", "patch_torch", "unpatch_torch", "is_patched", "reference"]
-__version__ = "0.1.0"
+__all__ = [
+    "gumbel_softmax",
+    "sample",
+    "GumbelSoftmax",
+    "patch_torch",
+    "unpatch_torch",
+    "is_patched",
+    "reference",
+    "NOISE_VERSION",
+    "__version__",
+]
