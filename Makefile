@@ -3,7 +3,7 @@ PYTHON ?= python3
 BENCH_ARGS ?=
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-py test-slow ctest cuda-check bench clean
+.PHONY: all deps build test test-py test-slow ctest cuda-check dist-check bench clean
 
 all: build
 
@@ -18,6 +18,7 @@ test: build
 	$(PYTHON) -m pytest -q
 	$(MAKE) ctest
 	$(MAKE) cuda-check
+	$(MAKE) dist-check
 
 test-slow: build
 	$(PYTHON) -m pytest -q -m slow --run-slow
@@ -30,8 +31,13 @@ ctest: deps
 cuda-check: deps
 	$(PYTHON) scripts/check_cuda_compile.py
 
+# sdist + wheel (reusing build's objects), twine check, the sdist's contents, and the wheel
+# in a fresh venv holding only torch (scripts/dist_check.py).
+dist-check: build
+	MAX_JOBS=$(JOBS) $(PYTHON) scripts/dist_check.py
+
 bench: build
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf build build-cmake gumbel_ext/_C*.so *.egg-info .pytest_cache
+	rm -rf build build-cmake gumbel_ext/_C*.so gumbel_ext/_build_info.json *.egg-info .pytest_cache

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -13,12 +15,18 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC = PACKAGE_DIR.parent / "csrc"
+# Written next to gumbel_ext._C by setup.py: what the AOT module was built from and against.
+BUILD_INFO = PACKAGE_DIR / "_build_info.json"
+
+# How load() made the ops available: "aot", "jit" or "reference", and why (diagnostics).
+MODE: str = "reference"
+MODE_DETAIL: str = "not loaded yet"
 
 # Compiler flags shared by every build (setup.py and CMake keep the same list). The C++
 # standard is left to torch's own extension defaults (C++20 for recent torch).
@@ -161,17 +169,96 @@ def jit_compile() -> None:
     )
 
 
+def git_revision(root: Path = PACKAGE_DIR.parent) -> Optional[str]:
+    """The checkout's commit (with "-dirty" for uncommitted changes to tracked files),
+    or None outside a git checkout."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def cuda_archs() -> List[str]:
+    """The sm_XY / compute_XY targets a CUDA build of this torch compiles for
+    (TORCH_CUDA_ARCH_LIST, else torch's choice for the visible GPUs)."""
+    from torch.utils import cpp_extension
+
+    archs = []
+    for flag in cpp_extension._get_cuda_arch_flags():
+        _, _, code = flag.partition("code=")
+        archs += [a for a in code.strip("[]").split(",") if a and a not in archs]
+    return archs
+
+
+def make_build_info(with_cuda: bool, version: str, noise_version: int) -> Dict:
+    """What setup.py records next to the AOT module (see BUILD_INFO)."""
+    return {
+        "version": version,
+        "git_revision": git_revision(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if with_cuda else None,
+        "cuda_archs": cuda_archs() if with_cuda else [],
+        "noise_version": noise_version,
+    }
+
+
+def read_build_info() -> Optional[Dict]:
+    try:
+        return json.loads(BUILD_INFO.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _public_version(version: str) -> str:
+    return version.split("+")[0]
+
+
+def torch_mismatch(info: Optional[Dict]) -> Optional[str]:
+    """The message for an AOT module built against another torch than the running one, or
+    None. A C++ extension is tied to the exact torch release it was compiled with (C++ ABI,
+    no stable symbols): loading it under another one dies with an undefined symbol. The
+    local label (+cpu, +cu128) is not compared: it names the torch wheel's CUDA variant, and
+    a variant without the kernels' CUDA fails the import as any broken module does."""
+    built = (info or {}).get("torch")
+    if not built or _public_version(built) == _public_version(torch.__version__):
+        return None
+    return (
+        f"gumbel_ext: the compiled module gumbel_ext._C was built against torch {built}, but torch "
+        f"{torch.__version__} is running, and a C++ extension only loads under the torch it was built "
+        "with. Not loading it; rebuild with `pip install --no-build-isolation gumbel_ext` (or `make "
+        "build` in a checkout) under this torch."
+    )
+
+
+def _set_mode(mode: str, detail: str) -> None:
+    global MODE, MODE_DETAIL
+    MODE, MODE_DETAIL = mode, detail
+
+
 def load() -> bool:
     """Make the ``torch.ops.gumbel_ext`` ops available. True on success."""
     if os.environ.get("GUMBEL_EXT_FORCE_REFERENCE") == "1":
+        _set_mode("reference", "GUMBEL_EXT_FORCE_REFERENCE=1")
         return False
-    if os.environ.get("GUMBEL_EXT_FORCE_JIT") != "1":
-        try:
-            importlib.import_module("gumbel_ext._C")
-            return True
-        except ImportError:
-            pass
+    if os.environ.get("GUMBEL_EXT_FORCE_JIT") != "1" and importlib.util.find_spec("gumbel_ext._C") is not None:
+        mismatch = torch_mismatch(read_build_info())
+        if mismatch:
+            warnings.warn(mismatch, RuntimeWarning, stacklevel=3)
+        else:
+            try:
+                module = importlib.import_module("gumbel_ext._C")
+                _set_mode("aot", f"gumbel_ext._C ({module.__file__})")
+                return True
+            except ImportError:
+                pass
     if not CSRC.is_dir() or os.environ.get("GUMBEL_EXT_NO_JIT") == "1":
+        _set_mode("reference", "no compiled module and no JIT (not a source checkout, or GUMBEL_EXT_NO_JIT=1)")
         warnings.warn(
             "gumbel_ext: the compiled extension is not installed and JIT compilation is "
             "unavailable; using the pure-PyTorch reference implementation (slow).",
@@ -181,10 +268,12 @@ def load() -> bool:
         return False
     try:
         jit_compile()
+        _set_mode("jit", f"JIT build cached in {_jit_build_dir()}")
         return True
     except Exception as err:  # noqa: BLE001 -- any build failure means: fall back
         log = _jit_build_dir() / "gumbel_ext_build_error.log"
         log.write_text(str(err))
+        _set_mode("reference", f"the JIT build failed (compiler log: {log})")
         warnings.warn(
             f"gumbel_ext: JIT compilation of the C++ extension failed (compiler log: {log}); "
             "using the pure-PyTorch reference implementation (slow).",

@@ -20,6 +20,9 @@ PACKAGES = {
     "tabulate": "tabulate",
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
+    # make dist-check: python -m build --no-isolation, twine check
+    "build": "build",
+    "twine": "twine",
 }
 
 
