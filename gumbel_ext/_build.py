@@ -246,6 +246,7 @@ def load() -> bool:
     if os.environ.get("GUMBEL_EXT_FORCE_REFERENCE") == "1":
         _set_mode("reference", "GUMBEL_EXT_FORCE_REFERENCE=1")
         return False
+    mismatch = None
     if os.environ.get("GUMBEL_EXT_FORCE_JIT") != "1" and importlib.util.find_spec("gumbel_ext._C") is not None:
         mismatch = torch_mismatch(read_build_info())
         if mismatch:
@@ -258,9 +259,11 @@ def load() -> bool:
             except ImportError:
                 pass
     if not CSRC.is_dir() or os.environ.get("GUMBEL_EXT_NO_JIT") == "1":
-        _set_mode("reference", "no compiled module and no JIT (not a source checkout, or GUMBEL_EXT_NO_JIT=1)")
+        unusable = "was built against another torch" if mismatch else "is not installed"
+        _set_mode("reference", f"the compiled module {unusable} and there is no JIT build "
+                               "(not a source checkout, or GUMBEL_EXT_NO_JIT=1)")
         warnings.warn(
-            "gumbel_ext: the compiled extension is not installed and JIT compilation is "
+            f"gumbel_ext: the compiled extension {unusable} and JIT compilation is "
             "unavailable; using the pure-PyTorch reference implementation (slow).",
             RuntimeWarning,
             stacklevel=3,
