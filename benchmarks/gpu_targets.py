@@ -22,6 +22,7 @@ case table and the targets table of benchmarks.cuda_targets).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -168,6 +169,15 @@ def _case_allowance(case: Case, dry_run: bool, compiled_seen: set) -> float:
     return compile_cost + (8.0 if case.workload.numel > 1e8 else 2.0)
 
 
+def _driver_version() -> Optional[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m benchmarks.gpu_targets", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for <device>-targets.json and .md")
@@ -191,6 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     min_run_time = args.min_run_time or min_run_time
     meta = report.machine_info(device)
     meta["command"] = " ".join(["python3", "-m", "benchmarks.gpu_targets", *(argv if argv is not None else sys.argv[1:])])
+    if device.type == "cuda":
+        meta["driver"] = _driver_version()
     print(report.describe_machine(meta), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{meta['device']}-targets"
