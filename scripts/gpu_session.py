@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET_S = 450.0  # 7.5 min: under 8 minutes, with the tool's 10-minute limit 2.5 min away
@@ -232,7 +232,7 @@ def plan(out: Path, dry_run: bool, arch: Optional[str], budget_s: float) -> List
                "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader "
                "|| echo 'nvidia-smi: not available'; "
                "nvcc --version 2>/dev/null | tail -n 1 || echo 'nvcc: not found'; "
-               f"git describe --always --dirty 2>/dev/null || echo 'git: no repository'; nproc; "
+               "git describe --always --dirty 2>/dev/null || echo 'git: no repository'; nproc; "
                f"{sys.executable} -c \"$ENV_CODE\""]
     build_env = {"MAX_JOBS": str(os.cpu_count() or 1)}
     if arch:
@@ -272,11 +272,10 @@ def _quote(word: str) -> str:
     return word if re.fullmatch(r"[\w@%+=:,./-]+", word) else "'" + word.replace("'", "'\\''") + "'"
 
 
-def session(out: Path, dry_run: bool, budget_s: float, steps: Optional[List[Step]] = None,
-            clock: Callable[[], float] = time.monotonic) -> int:
+def session(out: Path, dry_run: bool, budget_s: float, steps: Optional[List[Step]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "gpu-session.log")
-    start = clock()
+    start = time.monotonic()
     arch = None if dry_run else _device_arch()
     if not dry_run and arch is None:
         log("gpu_session: no CUDA device here (use --dry-run on a CPU)")
@@ -287,15 +286,15 @@ def session(out: Path, dry_run: bool, budget_s: float, steps: Optional[List[Step
     outcomes: List[Outcome] = []
     broken = ""
     for step in steps:
-        left = budget_s - RESERVE_S - (clock() - start)
+        left = budget_s - RESERVE_S - (time.monotonic() - start)
         if broken:
             step = Step(step.name, step.cap_s, step.min_s, None, f"{broken} failed")
         outcome = run_step(step, left, log)
         outcomes.append(outcome)
         if step.essential and outcome.status != "ok":
             broken = step.name
-        _write_json(out, dry_run, budget_s, clock() - start, arch, outcomes)  # after each step: a kill keeps it
-    total = clock() - start
+        _write_json(out, dry_run, budget_s, time.monotonic() - start, arch, outcomes)  # after each step: a kill keeps it
+    total = time.monotonic() - start
     _write_json(out, dry_run, budget_s, total, arch, outcomes)
     log("")
     log(f"{'step':<10} {'status':<10} {'seconds':>7} {'cap':>5}  summary")
