@@ -194,3 +194,14 @@ def test_cuda_targets_command_line(tmp_path, dry_run):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert md.read_text().strip() == proc.stdout.strip() and "copy floor" in proc.stdout
+
+
+def test_bench_past_its_deadline_skips_cases_and_still_writes_its_files(tmp_path):
+    from benchmarks import gpu_targets
+
+    assert gpu_targets.main(["--dry-run", "--out", str(tmp_path), "--deadline-s", "0"]) == 0
+    record = json.loads((tmp_path / "cpu-targets.json").read_text())
+    assert record["cases"] == [] and len(record["skipped"]) == 13
+    assert all(s["reason"].startswith("out of time") for s in record["skipped"])
+    table = (tmp_path / "cpu-targets.md").read_text()
+    assert "0 met, 0 MISSED, 28 not measured" in table and "- skipped lm-128k/fp32/sample/fwd" in table
