@@ -3,6 +3,7 @@
 
     python3 scripts/gpu_session.py                 # on the GPU machine; files into $OUT
     python3 scripts/gpu_session.py --dry-run       # CPU rehearsal, tiny sizes (make test runs it)
+    python3 scripts/gpu_session.py --steps build,risks --budget 240   # a rerun after a fix
 
 Steps, most valuable first; each runs in its own process group, capped by its own limit
 and by the time left in the budget, and is killed (never left hanging) at the cap. A step
@@ -57,6 +58,9 @@ PYTEST = [sys.executable, "-m", "pytest", "-rfEs", "-p", "no:cacheprovider", "--
 # nvcc check, the JIT build, the per-ISA CPU kernels, the CPU benchmark suite, this session).
 OTHERS_IGNORE = ("test_cuda.py", "test_cuda_risks.py", "test_cuda_emulated.py", "test_cuda_check.py",
                  "test_build_paths.py", "test_cpu_isa.py", "test_bench.py", "test_gpu_session.py")
+
+
+STEP_NAMES = ("env", "build", "test_cuda", "risks", "sanitizer", "bench", "others")
 
 
 @dataclass
@@ -272,7 +276,8 @@ def _quote(word: str) -> str:
     return word if re.fullmatch(r"[\w@%+=:,./-]+", word) else "'" + word.replace("'", "'\\''") + "'"
 
 
-def session(out: Path, dry_run: bool, budget_s: float, steps: Optional[List[Step]] = None) -> int:
+def session(out: Path, dry_run: bool, budget_s: float, steps: Optional[List[Step]] = None,
+            only: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "gpu-session.log")
     start = time.monotonic()
@@ -287,7 +292,9 @@ def session(out: Path, dry_run: bool, budget_s: float, steps: Optional[List[Step
     broken = ""
     for step in steps:
         left = budget_s - RESERVE_S - (time.monotonic() - start)
-        if broken:
+        if only is not None and step.name not in only:
+            step = Step(step.name, step.cap_s, step.min_s, None, "not selected (--steps)")
+        elif broken:
             step = Step(step.name, step.cap_s, step.min_s, None, f"{broken} failed")
         outcome = run_step(step, left, log)
         outcomes.append(outcome)
@@ -316,9 +323,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="rehearse on the CPU with tiny sizes")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for all steps (default 450)")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "benchmarks/results/gpu-session"))
+    p.add_argument("--steps", help=f"comma-separated subset, for a rerun (default: all of {', '.join(STEP_NAMES)})")
     args = p.parse_args(argv)
+    only = None
+    if args.steps:
+        only = [name.strip() for name in args.steps.split(",") if name.strip()]
+        unknown = sorted(set(only) - set(STEP_NAMES))
+        if unknown:
+            p.error(f"--steps: unknown {unknown}; choose from {', '.join(STEP_NAMES)}")
     os.environ["PYTHONUNBUFFERED"] = "1"
-    return session(args.out.resolve(), args.dry_run, args.budget)
+    return session(args.out.resolve(), args.dry_run, args.budget, only=only)
 
 
 if __name__ == "__main__":

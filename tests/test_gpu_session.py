@@ -46,7 +46,7 @@ def test_dry_run_succeeds_and_runs_every_step(dry_run):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     record = json.loads((out / "gpu-session.json").read_text())
     steps = {s["name"]: s for s in record["steps"]}
-    assert list(steps) == ["env", "build", "test_cuda", "risks", "sanitizer", "bench", "others"]
+    assert tuple(steps) == gpu_session.STEP_NAMES
     for name in ("env", "build", "test_cuda", "risks", "bench", "others"):
         assert steps[name]["status"] == "ok", steps[name]
     assert steps["sanitizer"]["status"] == "skipped" and "GPU only" in steps["sanitizer"]["summary"]
@@ -119,6 +119,15 @@ def test_a_failed_build_skips_the_rest_and_the_session_reports_it(tmp_path):
     assert rc == 1
     assert [(s["name"], s["status"]) for s in record["steps"]] == [("build", "FAILED"), ("test_cuda", "skipped")]
     assert record["steps"][1]["summary"] == "build failed"
+
+
+def test_steps_selects_a_subset_and_rejects_unknown_names(tmp_path):
+    steps = [gpu_session.Step(name, 30, 0, [sys.executable, "-c", "print('ran')"]) for name in ("build", "risks")]
+    assert gpu_session.session(tmp_path, dry_run=True, budget_s=60, steps=steps, only=["risks"]) == 0
+    record = json.loads((tmp_path / "gpu-session.json").read_text())
+    assert [(s["name"], s["status"]) for s in record["steps"]] == [("build", "skipped"), ("risks", "ok")]
+    with pytest.raises(SystemExit):
+        gpu_session.main(["--dry-run", "--steps", "build,tests"])
 
 
 def test_pytest_and_sanitizer_summaries():
