@@ -64,17 +64,18 @@ class Peers:
 
     def __init__(self, compile_backend: str):
         self.backend = compile_backend
-        self._compiled: Dict[str, Callable] = {}
+        self._compiled: Dict[tuple, Callable] = {}
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
 
     def build(self, key: str, case: Case) -> Callable[[torch.Tensor], torch.Tensor]:
         if key != "compiled":
             return next(i for i in IMPLS if i.key == key).build(case)
-        if case.mode not in self._compiled:
+        key = (case.mode, case.workload.dim)
+        if key not in self._compiled:
             eager = next(i for i in IMPLS if i.key == "eager").build(case)
-            self._compiled[case.mode] = torch.compile(eager, dynamic=False, backend=self.backend)
-        return self._compiled[case.mode]
+            self._compiled[key] = torch.compile(eager, dynamic=False, backend=self.backend)
+        return self._compiled[key]
 
 
 def peer_keys(case: Case) -> Tuple[str, ...]:
