@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits, double 
     return {out, rng_state ? rng_state->clone() : make_rng_state_cpu(0, 0)};
   }
   const auto [seed, offset] = cpu_seed_offset(generator, rng_state);
-  cpu::forward(logits.contiguous(), out, row_layout(logits, dim), seed, offset, tau, tau_rows, hard);
+  cpu::forward(logits, out, row_layout(logits, dim), dim, seed, offset, tau, tau_rows, hard);
   return {out, make_rng_state_cpu(seed, offset)};
 }
 
@@ -65,8 +65,8 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at
   if (saved.numel() == 0) return {grad_logits, grad_tau};
   const auto [seed, offset] = cpu_seed_offset(std::nullopt, rng_state);
   at::Tensor grad_tau_out = need_grad_tau ? grad_tau : at::Tensor();
-  cpu::backward(grad.to(saved.scalar_type()).contiguous(), saved.contiguous(), grad_logits,
-                grad_tau_out, row_layout(saved, dim), seed, offset, tau, tau_rows, hard);
+  cpu::backward(grad.to(saved.scalar_type()), saved, grad_logits, grad_tau_out, row_layout(saved, dim), dim,
+                seed, offset, tau, tau_rows, hard);
   return {grad_logits, grad_tau};
 }
 
@@ -94,7 +94,7 @@ at::Tensor sample_cpu(const at::Tensor& logits, int64_t num_samples, int64_t dim
   check_num_samples(logits, num_samples, layout);
   at::Tensor rows_k = at::empty({layout.rows(), num_samples}, logits.options().dtype(at::kLong));
   const auto [seed, offset] = cpu_seed_offset(generator, rng_state);
-  cpu::sample(logits.contiguous(), rows_k, layout, seed, offset, num_samples);
+  cpu::sample(logits, rows_k, layout, dim, seed, offset, num_samples);
   return sample_from_rows(rows_k, logits, dim, layout, num_samples);
 }
 

@@ -9,6 +9,10 @@
 // `inner` apart, which the prefetchers follow and which avoids the cache-set conflicts of
 // a 4 KiB stride (inner = 1024 floats). The set is sized so that its [length, lanes]
 // buffer of x / e stays within kSetBytes (L2).
+//
+// Every operand of a set is a Lanes view: lane j of column c at p[c * stride + j]. The
+// output views are the contiguous tensor itself (stride inner); an input view is the tensor
+// in place, or a transposed tile of it (Note [Strided inputs] in gumbel_softmax_kernel.h).
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -29,8 +33,9 @@ constexpr int kMaxSetGroups = 16;
 constexpr int kMaxSetLanes = kMaxSetGroups * kLanes;
 constexpr int64_t kSetBytes = 256 * 1024;
 
-// Rows row0 .. row0 + n - 1 of one `outer` slice; column c of lane j is at
-// base + c * inner + j. Lanes go in sub-groups of kLanes (the last one may be partial).
+// Rows row0 .. row0 + n - 1 of one `outer` slice; in a contiguous tensor, column c of
+// lane j is at base + c * inner + j. Lanes go in sub-groups of kLanes (the last one may be
+// partial).
 struct Group {
   int64_t base;
   int64_t row0;
@@ -38,6 +43,31 @@ struct Group {
   int groups() const { return (n + kLanes - 1) / kLanes; }
   int lanes_in(int g) const { return std::min(kLanes, n - g * kLanes); }
 };
+
+// One operand of a set: sub-group g of column c starts at p + c * stride + g * kLanes.
+template <typename T>
+struct Lanes {
+  T* p;
+  int64_t stride;
+  T* at(int64_t c, int g) const { return p + c * stride + g * kLanes; }
+};
+
+// The set's view of a contiguous [outer, length, inner] tensor.
+template <typename T>
+Lanes<T> contiguous_lanes(const KernelArgs& a, T* data, const Group& gr) {
+  return {data + gr.base, a.inner};
+}
+
+// Note [Argmax segments]
+// Column indices ride in the acc lanes as idx_t bit patterns (int32 for float), exact only
+// below 2^31. Every argmax walks the columns in segments of segment_columns(a) (2^30 unless
+// a test sets a smaller one) with indices relative to the segment's start, and combines
+// the segments' results in int64 by value, then lowest index: the result is the one a
+// single pass would give, for any length. The hard one-hot is then written from that int64
+// index (zeros, then the one), so no int32 index ever meets a column number.
+inline int64_t segment_columns(const KernelArgs& a) {
+  return a.argmax_segment > 0 ? a.argmax_segment : int64_t(1) << 30;
+}
 
 // Lanes per set for acc elements of acc_size bytes (Note [Lane sets]).
 inline int64_t set_lanes(const KernelArgs& a, int64_t acc_size) {
@@ -74,22 +104,23 @@ void group_inv_tau(const KernelArgs& a, const Group& gr, Vectorized<acc_t>* v) {
   for (int i = 0; i < lanes / A; ++i) v[i] = Vectorized<acc_t>::loadu(t + i * A);
 }
 
-// Calls f(c, g, x) for every column c and sub-group g, x = logit + noise (kSub vectors).
+// Calls f(c, g, x) for every column c in [c0, c1) (c0 a multiple of 4) and sub-group g,
+// x = logit + noise (kSub vectors).
 template <typename scalar_t, typename F>
-void for_perturbed_columns(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, const Group& gr,
-                           const F& f) {
+void for_perturbed_columns(const NoiseStream& ns, Lanes<const scalar_t> l, const Group& gr, int64_t c0,
+                           int64_t c1, const F& f) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
-  for (int64_t q = 0; 4 * q < a.length; ++q) {
+  for (int64_t q = c0 / 4; 4 * q < c1; ++q) {
     for (int g = 0; g < gr.groups(); ++g) {
       fVec g4[4];
       ns.rows_block(static_cast<uint64_t>(gr.row0 + g * kLanes), static_cast<uint64_t>(q), g4);
       aVec gn[4 * T::kSub];
       noise_to_acc(g4, 4, gn);
-      for (int w = 0; w < 4 && 4 * q + w < a.length; ++w) {
+      for (int w = 0; w < 4 && 4 * q + w < c1; ++w) {
         const int64_t c = 4 * q + w;
         aVec x[T::kSub];
-        load_lanes(l + gr.base + c * a.inner + g * kLanes, gr.lanes_in(g), x);
+        load_lanes(l.at(c, g), gr.lanes_in(g), x);
         for (int s = 0; s < T::kSub; ++s) x[s] = x[s] + gn[w * T::kSub + s];
         f(c, g, x);
       }
@@ -97,9 +128,11 @@ void for_perturbed_columns(const KernelArgs& a, const NoiseStream& ns, const sca
   }
 }
 
-// Per-lane argmax of the set: out[j] for lane j < gr.n.
+// Per-lane argmax of the set over columns [c0, c1), c1 - c0 < 2^31, combined into out[j]
+// for lane j < gr.n.
 template <typename scalar_t, typename acc_t = acc_of<scalar_t>>
-void group_argmax(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, const Group& gr, ArgMax<acc_t>* out) {
+void group_argmax_segment(const NoiseStream& ns, Lanes<const scalar_t> l, const Group& gr, int64_t c0, int64_t c1,
+                          ArgMax<acc_t>* out) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
   using iVec = typename T::iVec;
@@ -111,8 +144,8 @@ void group_argmax(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l,
     nan_seen[i] = aVec(0);
     best_idx[i] = aVec(0);
   }
-  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, int g, const aVec* x) {
-    const aVec cv = at::vec::cast<acc_t>(iVec(static_cast<idx_t>(c)));
+  for_perturbed_columns(ns, l, gr, c0, c1, [&](int64_t c, int g, const aVec* x) {
+    const aVec cv = at::vec::cast<acc_t>(iVec(static_cast<idx_t>(c - c0)));
     for (int s = 0; s < T::kSub; ++s) {
       const int i = g * T::kSub + s;
       argmax_step(x[s], cv, best[i], best_idx[i], nan_seen[i]);
@@ -125,7 +158,20 @@ void group_argmax(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l,
     nan_seen[i].store(nan + i * T::A);
     best_idx[i].store(index + i * T::A);
   }
-  for (int j = 0; j < gr.n; ++j) out[j] = ArgMax<acc_t>{value[j], static_cast<int64_t>(index[j]), nan[j] != 0};
+  for (int j = 0; j < gr.n; ++j) {
+    out[j] = ArgMax<acc_t>::combine(out[j], ArgMax<acc_t>{value[j], c0 + static_cast<int64_t>(index[j]), nan[j] != 0});
+  }
+}
+
+// Per-lane argmax of the set: out[j] for lane j < gr.n (Note [Argmax segments]).
+template <typename scalar_t, typename acc_t = acc_of<scalar_t>>
+void group_argmax(const KernelArgs& a, const NoiseStream& ns, Lanes<const scalar_t> l, const Group& gr,
+                  ArgMax<acc_t>* out) {
+  std::fill_n(out, gr.n, ArgMax<acc_t>());
+  const int64_t segment = segment_columns(a);
+  for (int64_t s = 0; s < a.length; s += segment) {
+    group_argmax_segment(ns, l, gr, s, std::min(a.length, s + segment), out);
+  }
 }
 
 // x / e of column c, sub-group g, in the set's buffer ([length][groups][kSub] vectors).
@@ -137,7 +183,7 @@ typename aVec::value_type* set_slot(typename aVec::value_type* buf, const Group&
 // Soft forward of the set into buf (e); returns 1 / sum per lane in inv_sum (a non-finite
 // max gives NaN lanes through the arithmetic).
 template <typename scalar_t, typename aVec = typename Types<scalar_t>::aVec>
-void group_soft(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, const Group& gr,
+void group_soft(const KernelArgs& a, const NoiseStream& ns, Lanes<const scalar_t> l, const Group& gr,
                 typename aVec::value_type* buf, aVec* inv_sum) {
   using T = Types<scalar_t>;
   const int vecs = gr.groups() * T::kSub;
@@ -147,7 +193,7 @@ void group_soft(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, c
     sum[i] = aVec(0);
   }
   group_inv_tau(a, gr, inv_tau);
-  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, int g, const aVec* x) {
+  for_perturbed_columns(ns, l, gr, 0, a.length, [&](int64_t c, int g, const aVec* x) {
     for (int s = 0; s < T::kSub; ++s) {
       x[s].store(set_slot<aVec>(buf, gr, c, g) + s * T::A);
       x_max[g * T::kSub + s] = at::vec::maximum(x_max[g * T::kSub + s], x[s]);
@@ -165,35 +211,27 @@ void group_soft(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, c
 }
 
 template <typename scalar_t, typename acc_t = acc_of<scalar_t>>
-void group_forward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, scalar_t* y, const Group& gr,
-                   bool hard, acc_t* buf) {
+void group_forward(const KernelArgs& a, const NoiseStream& ns, Lanes<const scalar_t> l, Lanes<scalar_t> y,
+                   const Group& gr, bool hard, acc_t* buf) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
   if (hard) {
-    using iVec = typename T::iVec;
-    using idx_t = typename T::idx_t;
     ArgMax<acc_t> am[kMaxSetLanes];
     group_argmax(a, ns, l, gr, am);
-    // Lane j is 1 at column target[j] and `fill` elsewhere (NaN rows: no target).
-    __at_align__ idx_t target[kMaxSetLanes];
+    // Lane j is `fill` everywhere (0, or NaN for a row with no finite max), then 1 at its
+    // int64 argmax (Note [Argmax segments]).
     __at_align__ acc_t fill[kMaxSetLanes];
     const int lanes = gr.groups() * kLanes;
-    for (int j = 0; j < lanes; ++j) {
-      const bool finite = j < gr.n && am[j].finite();
-      target[j] = finite ? static_cast<idx_t>(am[j].index) : idx_t(-1);
-      fill[j] = finite || j >= gr.n ? acc_t(0) : kNaN<acc_t>;
-    }
-    const aVec one(1);
+    for (int j = 0; j < lanes; ++j) fill[j] = j >= gr.n || am[j].finite() ? acc_t(0) : kNaN<acc_t>;
     for (int64_t c = 0; c < a.length; ++c) {
-      const iVec cv(static_cast<idx_t>(c));
       for (int g = 0; g < gr.groups(); ++g) {
         aVec v[T::kSub];
-        for (int s = 0; s < T::kSub; ++s) {
-          const int j = g * kLanes + s * T::A;
-          v[s] = aVec::blendv(aVec::loadu(fill + j), one, at::vec::cast<acc_t>(iVec::loadu(target + j) == cv));
-        }
-        store_lanes(y + gr.base + c * a.inner + g * kLanes, gr.lanes_in(g), v);
+        for (int s = 0; s < T::kSub; ++s) v[s] = aVec::loadu(fill + g * kLanes + s * T::A);
+        store_lanes(y.at(c, g), gr.lanes_in(g), v);
       }
+    }
+    for (int j = 0; j < gr.n; ++j) {
+      if (am[j].finite()) y.p[am[j].index * y.stride + j] = scalar_t(1);
     }
     return;
   }
@@ -204,14 +242,14 @@ void group_forward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l
       aVec v[T::kSub];
       for (int s = 0; s < T::kSub; ++s)
         v[s] = aVec::loadu(set_slot<aVec>(buf, gr, c, g) + s * T::A) * inv_sum[g * T::kSub + s];
-      store_lanes(y + gr.base + c * a.inner + g * kLanes, gr.lanes_in(g), v);
+      store_lanes(y.at(c, g), gr.lanes_in(g), v);
     }
   }
 }
 
 template <typename scalar_t, typename acc_t = acc_of<scalar_t>>
-void group_backward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* g, const scalar_t* saved,
-                    scalar_t* gl, acc_t* gt, const Group& gr, bool hard, acc_t* buf) {
+void group_backward(const KernelArgs& a, const NoiseStream& ns, Lanes<const scalar_t> g, Lanes<const scalar_t> saved,
+                    Lanes<scalar_t> gl, acc_t* gt, const Group& gr, bool hard, acc_t* buf) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
   LaneVecs<scalar_t> inv_sum, dot, inv_tau, tau_acc;
@@ -221,7 +259,7 @@ void group_backward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* 
       for (int s = 0; s < T::kSub; ++s)
         y[s] = round_to<scalar_t>(aVec::loadu(set_slot<aVec>(buf, gr, c, sg) + s * T::A) * inv_sum[sg * T::kSub + s]);
     } else {
-      load_lanes(saved + gr.base + c * a.inner + sg * kLanes, gr.lanes_in(sg), y);
+      load_lanes(saved.at(c, sg), gr.lanes_in(sg), y);
     }
   };
   const int vecs = gr.groups() * T::kSub;
@@ -233,7 +271,7 @@ void group_backward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* 
   for (int64_t c = 0; c < a.length; ++c) {
     for (int sg = 0; sg < gr.groups(); ++sg) {
       aVec gv[T::kSub], yv[T::kSub];
-      load_lanes(g + gr.base + c * a.inner + sg * kLanes, gr.lanes_in(sg), gv);
+      load_lanes(g.at(c, sg), gr.lanes_in(sg), gv);
       load_y(c, sg, yv);
       for (int s = 0; s < T::kSub; ++s) dot[sg * T::kSub + s] = dot[sg * T::kSub + s] + gv[s] * yv[s];
     }
@@ -243,7 +281,7 @@ void group_backward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* 
   for (int64_t c = 0; c < a.length; ++c) {
     for (int sg = 0; sg < gr.groups(); ++sg) {
       aVec gv[T::kSub], yv[T::kSub], out[T::kSub];
-      load_lanes(g + gr.base + c * a.inner + sg * kLanes, gr.lanes_in(sg), gv);
+      load_lanes(g.at(c, sg), gr.lanes_in(sg), gv);
       load_y(c, sg, yv);
       for (int s = 0; s < T::kSub; ++s) {
         const int i = sg * T::kSub + s;
@@ -251,7 +289,7 @@ void group_backward(const KernelArgs& a, const NoiseStream& ns, const scalar_t* 
         out[s] = dz * inv_tau[i];
         if (gt) tau_acc[i] = tau_acc[i] + aVec::blendv(zero, yv[s].log() * dz, yv[s] > zero);
       }
-      store_lanes(gl + gr.base + c * a.inner + sg * kLanes, gr.lanes_in(sg), out);
+      store_lanes(gl.at(c, sg), gr.lanes_in(sg), out);
     }
   }
   if (gt) {
@@ -285,7 +323,7 @@ void top_k(const acc_t* x, int64_t length, int64_t k, int64_t r, std::vector<int
 }
 
 template <typename scalar_t>
-void group_sample(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, int64_t* idx, const Group& gr,
+void group_sample(const KernelArgs& a, const NoiseStream& ns, Lanes<const scalar_t> l, int64_t* idx, const Group& gr,
                   int64_t k, acc_of<scalar_t>* buf) {
   using acc_t = acc_of<scalar_t>;
   using aVec = typename Types<scalar_t>::aVec;
@@ -300,7 +338,7 @@ void group_sample(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l,
     }
     return;
   }
-  for_perturbed_columns(a, ns, l, gr, [&](int64_t c, int g, const aVec* x) {
+  for_perturbed_columns(ns, l, gr, 0, a.length, [&](int64_t c, int g, const aVec* x) {
     for (int s = 0; s < Types<scalar_t>::kSub; ++s) x[s].store(set_slot<aVec>(buf, gr, c, g) + s * aVec::size());
   });
   // Lane j of column c sits at buf[c * width + j].
@@ -319,13 +357,13 @@ void group_sample(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l,
   }
 }
 
-inline void group_noise(const KernelArgs& a, const NoiseStream& ns, float* out, const Group& gr) {
+inline void group_noise(const KernelArgs& a, const NoiseStream& ns, Lanes<float> out, const Group& gr) {
   for (int64_t q = 0; 4 * q < a.length; ++q) {
     for (int g = 0; g < gr.groups(); ++g) {
       fVec g4[4];
       ns.rows_block(static_cast<uint64_t>(gr.row0 + g * kLanes), static_cast<uint64_t>(q), g4);
       for (int w = 0; w < 4 && 4 * q + w < a.length; ++w) {
-        store_lanes(out + gr.base + (4 * q + w) * a.inner + g * kLanes, gr.lanes_in(g), &g4[w]);
+        store_lanes(out.at(4 * q + w, g), gr.lanes_in(g), &g4[w]);
       }
     }
   }

@@ -1,6 +1,7 @@
-// The CPU entry points of kernels.h: unpack the tensors and call the per-ISA copy of the
-// kernels picked at run time (Note [Per-ISA CPU kernels] in kernel_table.h). Compiled with
-// the baseline flags.
+// The CPU entry points of kernels.h: unpack the tensors (in place where the kernels can
+// read their layout, Note [Strided inputs]) and call the per-ISA copy of the kernels
+// picked at run time (Note [Per-ISA CPU kernels] in kernel_table.h). Compiled with the
+// baseline flags.
 #include "kernels.h"
 
 #include <c10/util/Exception.h>
@@ -108,10 +109,49 @@ const KernelTable& active() {
   return *t;
 }
 
+std::atomic<int64_t> g_argmax_segment{0};
+
 KernelArgs make_args(const at::Tensor& t, const RowLayout& layout, uint64_t seed, uint64_t offset, double tau,
                      const std::optional<at::Tensor>& tau_rows) {
   return KernelArgs{t.scalar_type(), layout.outer, layout.length, layout.inner, seed, offset, tau,
-                    tau_rows ? tau_rows->const_data_ptr() : nullptr};
+                    tau_rows ? tau_rows->const_data_ptr() : nullptr, g_argmax_segment.load()};
+}
+
+// The stride of dims [begin, end) of t collapsed into one, or -1 when they do not collapse
+// (size-1 dims are skipped; a collapsed dim of size 1 gets 0).
+int64_t collapsed_stride(const at::Tensor& t, int64_t begin, int64_t end) {
+  int64_t stride = 0, inner_extent = -1;  // inner_extent: stride * size of the dims so far
+  for (int64_t d = end - 1; d >= begin; --d) {
+    if (t.size(d) == 1) continue;
+    if (inner_extent < 0) {
+      stride = t.stride(d);
+    } else if (t.stride(d) != inner_extent) {
+      return -1;
+    }
+    inner_extent = t.stride(d) * t.size(d);
+  }
+  return stride;
+}
+
+// t's strides as [outer, length, inner] (Strides), when its dims collapse so and the
+// kernels read that layout in place.
+std::optional<Strides> strides_of(const at::Tensor& t, const KernelArgs& a, int64_t dim) {
+  if (t.dim() == 0) return Strides{1, 1, 1};
+  const int64_t d = c10::maybe_wrap_dim(dim, t.dim());
+  Strides s{collapsed_stride(t, 0, d), t.size(d) == 1 ? 1 : t.stride(d), collapsed_stride(t, d + 1, t.dim())};
+  if (s.outer < 0 || s.inner < 0) return std::nullopt;
+  if (a.inner == 1) s.inner = 1;  // unused by the row walks
+  if (!readable_in_place(a, s)) return std::nullopt;
+  return s;
+}
+
+// t itself when the kernels can read it in place (Note [Strided inputs]), else a
+// contiguous copy; with its strides.
+std::pair<at::Tensor, Strides> kernel_input(const at::Tensor& t, const KernelArgs& a, int64_t dim) {
+  if (!t.is_contiguous()) {
+    if (const auto s = strides_of(t, a, dim)) return {t, *s};
+  }
+  return {t.contiguous(), contiguous_strides(a)};
 }
 
 }  // namespace
@@ -144,17 +184,20 @@ at::Tensor vec_math(const at::Tensor& x, const std::string& fn) {
   return out;
 }
 
-void forward(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, uint64_t seed, uint64_t offset,
-             double tau, const std::optional<at::Tensor>& tau_rows, bool hard) {
-  active().forward(make_args(logits, layout, seed, offset, tau, tau_rows), logits.const_data_ptr(),
-                   out.mutable_data_ptr(), hard);
+void forward(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, int64_t dim, uint64_t seed,
+             uint64_t offset, double tau, const std::optional<at::Tensor>& tau_rows, bool hard) {
+  const KernelArgs a = make_args(logits, layout, seed, offset, tau, tau_rows);
+  const auto [l, ls] = kernel_input(logits, a, dim);
+  active().forward(a, l.const_data_ptr(), ls, out.mutable_data_ptr(), hard);
 }
 
 void backward(const at::Tensor& grad, const at::Tensor& saved, at::Tensor& grad_logits, at::Tensor& grad_tau,
-              const RowLayout& layout, uint64_t seed, uint64_t offset, double tau,
+              const RowLayout& layout, int64_t dim, uint64_t seed, uint64_t offset, double tau,
               const std::optional<at::Tensor>& tau_rows, bool hard) {
-  active().backward(make_args(saved, layout, seed, offset, tau, tau_rows), grad.const_data_ptr(),
-                    saved.const_data_ptr(), grad_logits.mutable_data_ptr(),
+  const KernelArgs a = make_args(saved, layout, seed, offset, tau, tau_rows);
+  const auto [g, gs] = kernel_input(grad, a, dim);
+  const auto [s, ss] = kernel_input(saved, a, dim);
+  active().backward(a, g.const_data_ptr(), gs, s.const_data_ptr(), ss, grad_logits.mutable_data_ptr(),
                     grad_tau.defined() ? grad_tau.mutable_data_ptr() : nullptr, hard);
 }
 
@@ -162,10 +205,19 @@ void noise(at::Tensor& out, const RowLayout& layout, uint64_t seed, uint64_t off
   active().noise(make_args(out, layout, seed, offset, 1.0, std::nullopt), out.mutable_data_ptr<float>());
 }
 
-void sample(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, uint64_t seed, uint64_t offset,
-            int64_t num_samples) {
-  active().sample(make_args(logits, layout, seed, offset, 1.0, std::nullopt), logits.const_data_ptr(),
-                  out.mutable_data_ptr<int64_t>(), num_samples);
+void sample(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, int64_t dim, uint64_t seed,
+            uint64_t offset, int64_t num_samples) {
+  const KernelArgs a = make_args(logits, layout, seed, offset, 1.0, std::nullopt);
+  const auto [l, ls] = kernel_input(logits, a, dim);
+  active().sample(a, l.const_data_ptr(), ls, out.mutable_data_ptr<int64_t>(), num_samples);
+}
+
+int64_t set_argmax_segment(int64_t columns) {
+  // A multiple of every copy's kChunk (64 columns at most, AVX-512).
+  TORCH_CHECK_VALUE(columns == 0 || (columns > 0 && columns % 64 == 0 && columns <= (int64_t(1) << 30)),
+                    "gumbel_ext: columns must be 0 (the default) or a positive multiple of 64 up to 2^30, got ",
+                    columns);
+  return g_argmax_segment.exchange(columns);
 }
 
 }  // namespace cpu

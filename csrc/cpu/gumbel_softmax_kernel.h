@@ -14,6 +14,21 @@
 // stores, reductions) < row_kernels.h, group_kernels.h < this file (entry points, table).
 // The math is Note [Per-row softmax math] in gumbel_noise.h; a row whose max is not finite
 // comes out NaN. Half types are widened to float on load (acc_t = at::opmath_type).
+//
+// Note [Strided inputs]
+// Inputs are read where they lie when the dims around `dim` collapse to three strides
+// (Strides in kernel_table.h) with the reduced dim or the inner dims adjacent in memory:
+// channels_last(_3d) with dim=1, transposed and permuted views, sliced rows, expanded
+// tensors. The logical [outer, length, inner] shape alone picks the walk below, so a
+// strided call does exactly the arithmetic of the contiguous one, bit for bit:
+//   * rows (inner == 1) and short rows: row r starts at r * outer;
+//   * lane sets whose lanes are adjacent (inner stride 1): read in place, column stride
+//     `length` (a contiguous tensor: inner);
+//   * lane sets over rows that are contiguous (length stride 1, e.g. channels_last with
+//     dim=1): the set's rows are transposed into a [length, lanes] tile, block by block
+//     (at::vec::transpose_mxn), which the set then reads: one more pass through L1/L2
+//     instead of a strided copy of the whole tensor in memory.
+// Outputs are contiguous, as torch.softmax's and its backward's are on CPU.
 #pragma once
 
 #ifndef CPU_CAPABILITY
@@ -63,14 +78,57 @@ void for_rows(const KernelArgs& a, bool need_buffer, const F& row) {
   });
 }
 
-// Runs group(gr, buf) for every lane set of an inner > 1 problem (Note [Lane sets]).
-template <typename acc_t, typename F>
-void for_groups(const KernelArgs& a, bool need_buffer, const F& group) {
-  const int64_t lanes = set_lanes(a, sizeof(acc_t));
+// Runs group(gr, buf, tiles) for every lane set of an inner > 1 problem (Note [Lane
+// sets]); tiles: room for `tiles` transposed inputs of the set (Note [Strided inputs]).
+template <typename acc_t, typename scalar_t, typename F>
+void for_groups(const KernelArgs& a, bool need_buffer, int tiles, const F& group) {
+  const int64_t lanes = set_lanes(a, sizeof(acc_t) + tiles * sizeof(scalar_t));
   at::parallel_for(int64_t(0), group_count(a, lanes), group_grain(a, lanes), [&](int64_t b, int64_t e) {
     auto buf = make_buffer<acc_t>(need_buffer ? a.length * lanes : 0);
-    for (int64_t t = b; t < e; ++t) group(group_at(a, lanes, t), buf.get());
+    auto tile = make_buffer<scalar_t>(tiles * a.length * lanes);
+    for (int64_t t = b; t < e; ++t) group(group_at(a, lanes, t), buf.get(), tile.get());
   });
+}
+
+// One block of a transpose: AVX2 has a fast 8x8 float one; the others are fast where
+// at::vec has them (AVX-512) and plain loops elsewhere.
+template <typename T>
+inline void transpose_block(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int m, int n) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float> && kLanes == 8) {
+    if (m == 8 && n == 8) return at::vec::transpose_mxn<float, 8, 8>(src, ld_src, dst, ld_dst);
+  }
+#endif
+  at::vec::transpose_mxn<T>(src, ld_src, dst, ld_dst, m, n);
+}
+
+// tile[c * width + j] = rows[j * row_stride + c] for rows j < n, columns c < length.
+template <typename T>
+void transpose_rows(const T* rows, int64_t row_stride, int n, int64_t length, T* tile, int64_t width) {
+  for (int64_t c = 0; c < length; c += kLanes) {
+    const int cols = static_cast<int>(std::min<int64_t>(kLanes, length - c));
+    for (int j = 0; j < n; j += kLanes) {
+      transpose_block(rows + j * row_stride + c, row_stride, tile + c * width + j, width, std::min(kLanes, n - j),
+                      cols);
+    }
+  }
+}
+
+inline int tiles_for(const Strides& s) {
+  return s.inner == 1 ? 0 : 1;
+}
+
+// The set's view of an input (Note [Strided inputs]): in place when its lanes are
+// adjacent, else its rows transposed into `tile`.
+template <typename scalar_t>
+Lanes<const scalar_t> input_lanes(const KernelArgs& a, const scalar_t* data, const Strides& s, const Group& gr,
+                                  scalar_t* tile) {
+  const int64_t o = gr.row0 / a.inner, i0 = gr.row0 - o * a.inner;
+  const scalar_t* p = data + o * s.outer + i0 * s.inner;
+  if (s.inner == 1) return {p, s.length};
+  const int64_t width = round_up(gr.n, kLanes);
+  transpose_rows(p, s.inner, gr.n, a.length, tile, width);
+  return {tile, width};
 }
 
 // Note [Short rows]
@@ -84,11 +142,12 @@ inline bool short_rows(const KernelArgs& a) {
   return a.inner == 1 && a.length <= kShortRow;
 }
 
-// tile[c * kLanes + j] = rows[j * length + c] for the first n rows, and back.
+// tile[c * kLanes + j] = rows[j * row_stride + c] for the first n rows, and back
+// (from_tile: rows `length` apart).
 template <typename T>
-void to_tile(const T* rows, int64_t length, int n, T* tile) {
+void to_tile(const T* rows, int64_t row_stride, int64_t length, int n, T* tile) {
   for (int j = 0; j < n; ++j)
-    for (int64_t c = 0; c < length; ++c) tile[c * kLanes + j] = rows[j * length + c];
+    for (int64_t c = 0; c < length; ++c) tile[c * kLanes + j] = rows[j * row_stride + c];
 }
 
 template <typename T>
@@ -118,53 +177,66 @@ void for_short_rows(const KernelArgs& a, bool need_buffer, const F& group) {
 template <typename scalar_t>
 using Tile = std::array<scalar_t, kShortRow * kLanes>;
 
+// The kLanes-row tile of a short-row set ([length, kLanes], see to_tile).
 template <typename scalar_t>
-void forward_typed(const KernelArgs& a, const scalar_t* l, scalar_t* y, bool hard) {
+Lanes<const scalar_t> tile_lanes(const scalar_t* tile) {
+  return {tile, kLanes};
+}
+
+template <typename scalar_t>
+void forward_typed(const KernelArgs& a, const scalar_t* l, const Strides& ls, scalar_t* y, bool hard) {
   using acc_t = acc_of<scalar_t>;
   const NoiseStream ns(a.seed, a.offset);
   if (short_rows(a)) {
     for_short_rows<acc_t>(a, !hard, [&](const KernelArgs& ta, const Group& gr, acc_t* buf) {
       Tile<scalar_t> in, out;
-      to_tile(l + gr.row0 * a.length, a.length, gr.n, in.data());
-      group_forward(ta, ns, in.data(), out.data(), gr, hard, buf);
+      to_tile(l + gr.row0 * ls.outer, ls.outer, a.length, gr.n, in.data());
+      group_forward(ta, ns, tile_lanes(in.data()), Lanes<scalar_t>{out.data(), kLanes}, gr, hard, buf);
       from_tile(out.data(), a.length, gr.n, y + gr.row0 * a.length);
     });
   } else if (a.inner == 1) {
+    const int64_t segment = segment_columns(a);
     for_rows<acc_t>(a, !hard, [&](int64_t r, acc_t* buf, bool split) {
-      const int64_t start = r * a.length;
-      forward_row(l + start, y + start, a.length, RowNoise{ns, static_cast<uint64_t>(r)},
-                  row_inv_tau<acc_t>(a, r), hard, buf, split);
+      forward_row(l + r * ls.outer, y + r * a.length, a.length, RowNoise{ns, static_cast<uint64_t>(r)},
+                  row_inv_tau<acc_t>(a, r), hard, buf, split, segment);
     });
   } else {
-    for_groups<acc_t>(a, !hard, [&](const Group& gr, acc_t* buf) { group_forward(a, ns, l, y, gr, hard, buf); });
+    for_groups<acc_t, scalar_t>(a, !hard, tiles_for(ls), [&](const Group& gr, acc_t* buf, scalar_t* tile) {
+      group_forward(a, ns, input_lanes(a, l, ls, gr, tile), contiguous_lanes(a, y, gr), gr, hard, buf);
+    });
   }
 }
 
 template <typename scalar_t>
-void backward_typed(const KernelArgs& a, const scalar_t* g, const scalar_t* s, scalar_t* gl, void* grad_tau,
-                    bool hard) {
+void backward_typed(const KernelArgs& a, const scalar_t* g, const Strides& gs, const scalar_t* s, const Strides& ss,
+                    scalar_t* gl, void* grad_tau, bool hard) {
   using acc_t = acc_of<scalar_t>;
   acc_t* gt = static_cast<acc_t*>(grad_tau);
   const NoiseStream ns(a.seed, a.offset);
   if (short_rows(a)) {
     for_short_rows<acc_t>(a, hard, [&](const KernelArgs& ta, const Group& gr, acc_t* buf) {
       Tile<scalar_t> gt_in, s_in, out;
-      to_tile(g + gr.row0 * a.length, a.length, gr.n, gt_in.data());
-      to_tile(s + gr.row0 * a.length, a.length, gr.n, s_in.data());
-      group_backward(ta, ns, gt_in.data(), s_in.data(), out.data(), gt, gr, hard, buf);
+      to_tile(g + gr.row0 * gs.outer, gs.outer, a.length, gr.n, gt_in.data());
+      to_tile(s + gr.row0 * ss.outer, ss.outer, a.length, gr.n, s_in.data());
+      group_backward(ta, ns, tile_lanes(gt_in.data()), tile_lanes(s_in.data()), Lanes<scalar_t>{out.data(), kLanes},
+                     gt, gr, hard, buf);
       from_tile(out.data(), a.length, gr.n, gl + gr.row0 * a.length);
     });
   } else if (a.inner == 1) {
     for_rows<acc_t>(a, hard, [&](int64_t r, acc_t* buf, bool split) {
-      const int64_t start = r * a.length;
       const acc_t inv_tau = row_inv_tau<acc_t>(a, r);
-      const acc_t tau_sum = backward_row(g + start, s + start, gl + start, a.length,
+      const acc_t tau_sum = backward_row(g + r * gs.outer, s + r * ss.outer, gl + r * a.length, a.length,
                                          RowNoise{ns, static_cast<uint64_t>(r)}, inv_tau, hard,
                                          gt != nullptr, buf, split);
       if (gt) gt[r] = -inv_tau * tau_sum;
     });
   } else {
-    for_groups<acc_t>(a, hard, [&](const Group& gr, acc_t* buf) { group_backward(a, ns, g, s, gl, gt, gr, hard, buf); });
+    const int gtiles = tiles_for(gs);
+    for_groups<acc_t, scalar_t>(a, hard, gtiles + tiles_for(ss), [&](const Group& gr, acc_t* buf, scalar_t* tile) {
+      scalar_t* s_tile = gtiles ? tile + a.length * round_up(gr.n, kLanes) : tile;
+      group_backward(a, ns, input_lanes(a, g, gs, gr, tile), input_lanes(a, s, ss, gr, s_tile),
+                     contiguous_lanes(a, gl, gr), gt, gr, hard, buf);
+    });
   }
 }
 
@@ -173,7 +245,7 @@ inline void noise_kernel(const KernelArgs& a, float* out) {
   if (short_rows(a)) {
     for_short_rows<float>(a, false, [&](const KernelArgs& ta, const Group& gr, float*) {
       Tile<float> tile;
-      group_noise(ta, ns, tile.data(), gr);
+      group_noise(ta, ns, Lanes<float>{tile.data(), kLanes}, gr);
       from_tile(tile.data(), a.length, gr.n, out + gr.row0 * a.length);
     });
     return;
@@ -191,29 +263,32 @@ inline void noise_kernel(const KernelArgs& a, float* out) {
     });
     return;
   }
-  for_groups<float>(a, false, [&](const Group& gr, float*) { group_noise(a, ns, out, gr); });
+  for_groups<float, float>(a, false, 0, [&](const Group& gr, float*, float*) {
+    group_noise(a, ns, contiguous_lanes(a, out, gr), gr);
+  });
 }
 
 template <typename scalar_t>
-void sample_typed(const KernelArgs& a, const scalar_t* l, int64_t* idx, int64_t k) {
+void sample_typed(const KernelArgs& a, const scalar_t* l, const Strides& ls, int64_t* idx, int64_t k) {
   using acc_t = acc_of<scalar_t>;
   const NoiseStream ns(a.seed, a.offset);
   if (short_rows(a)) {
     for_short_rows<acc_t>(a, k > 1, [&](const KernelArgs& ta, const Group& gr, acc_t* buf) {
       Tile<scalar_t> in;
-      to_tile(l + gr.row0 * a.length, a.length, gr.n, in.data());
-      group_sample(ta, ns, in.data(), idx, gr, k, buf);
+      to_tile(l + gr.row0 * ls.outer, ls.outer, a.length, gr.n, in.data());
+      group_sample(ta, ns, tile_lanes(in.data()), idx, gr, k, buf);
     });
     return;
   }
   if (a.inner == 1) {
+    const int64_t segment = segment_columns(a);
     for_rows<acc_t>(a, k > 1, [&](int64_t r, acc_t* buf, bool split) {
-      const scalar_t* lr = l + r * a.length;
+      const scalar_t* lr = l + r * ls.outer;
       const RowNoise rn{ns, static_cast<uint64_t>(r)};
       if (k == 1) {
         const ArgMax<acc_t> am = reduce_columns(
             a.length, split, ArgMax<acc_t>(),
-            [&](int64_t c0, int64_t c1) { return argmax_range(lr, c0, c1, rn); }, ArgMax<acc_t>::combine);
+            [&](int64_t c0, int64_t c1) { return argmax_range(lr, c0, c1, rn, segment); }, ArgMax<acc_t>::combine);
         check_sample_row(am, r);
         TORCH_CHECK_VALUE(std::isfinite(am.value), "gumbel_ext.sample: row ", r,
                           " has no finite logit to draw from (all -inf)");
@@ -231,7 +306,9 @@ void sample_typed(const KernelArgs& a, const scalar_t* l, int64_t* idx, int64_t 
     });
     return;
   }
-  for_groups<acc_t>(a, k > 1, [&](const Group& gr, acc_t* buf) { group_sample(a, ns, l, idx, gr, k, buf); });
+  for_groups<acc_t, scalar_t>(a, k > 1, tiles_for(ls), [&](const Group& gr, acc_t* buf, scalar_t* tile) {
+    group_sample(a, ns, input_lanes(a, l, ls, gr, tile), idx, gr, k, buf);
+  });
 }
 
 // The dtypes the ops accept (AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16) without ATen).
@@ -246,26 +323,26 @@ void dispatch_dtype(c10::ScalarType t, const F& f) {
   }
 }
 
-inline void forward(const KernelArgs& a, const void* logits, void* out, bool hard) {
+inline void forward(const KernelArgs& a, const void* logits, const Strides& ls, void* out, bool hard) {
   dispatch_dtype(a.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    forward_typed(a, static_cast<const scalar_t*>(logits), static_cast<scalar_t*>(out), hard);
+    forward_typed(a, static_cast<const scalar_t*>(logits), ls, static_cast<scalar_t*>(out), hard);
   });
 }
 
-inline void backward(const KernelArgs& a, const void* grad, const void* saved, void* grad_logits, void* grad_tau,
-                     bool hard) {
+inline void backward(const KernelArgs& a, const void* grad, const Strides& gs, const void* saved,
+                     const Strides& ss, void* grad_logits, void* grad_tau, bool hard) {
   dispatch_dtype(a.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    backward_typed(a, static_cast<const scalar_t*>(grad), static_cast<const scalar_t*>(saved),
+    backward_typed(a, static_cast<const scalar_t*>(grad), gs, static_cast<const scalar_t*>(saved), ss,
                    static_cast<scalar_t*>(grad_logits), grad_tau, hard);
   });
 }
 
-inline void sample(const KernelArgs& a, const void* logits, int64_t* out, int64_t k) {
+inline void sample(const KernelArgs& a, const void* logits, const Strides& ls, int64_t* out, int64_t k) {
   dispatch_dtype(a.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    sample_typed(a, static_cast<const scalar_t*>(logits), out, k);
+    sample_typed(a, static_cast<const scalar_t*>(logits), ls, out, k);
   });
 }
 

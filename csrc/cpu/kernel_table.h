@@ -34,23 +34,43 @@ namespace gumbel_ext {
 namespace cpu {
 
 // Everything a kernel needs besides the data pointers; tensors are [outer, length, inner]
-// with `length` the reduced dim, contiguous.
+// with `length` the reduced dim. Outputs are contiguous; inputs may be strided (Strides).
 struct KernelArgs {
   c10::ScalarType dtype;
   int64_t outer, length, inner;
   uint64_t seed, offset;
   double tau;
   const void* tau_rows;  // one acc_t per row, or null
+  // Columns per argmax segment, a multiple of kChunk (Note [Argmax segments]); 0: the default.
+  int64_t argmax_segment;
 };
+
+// Element (o, c, i) of an input sits at data + o * outer + c * length + i * inner (in
+// elements). Kernels read in place the layouts where the reduced dim or the inner dims
+// are adjacent in memory (Note [Strided inputs] in gumbel_softmax_kernel.h):
+//   inner == 1: length == 1 (each row contiguous, rows `outer` apart);
+//   inner > 1: inner == 1 (lanes adjacent) or length == 1 (rows contiguous, `inner` apart).
+struct Strides {
+  int64_t outer, length, inner;
+};
+
+inline Strides contiguous_strides(const KernelArgs& a) {
+  return {a.length * a.inner, a.inner, 1};
+}
+
+inline bool readable_in_place(const KernelArgs& a, const Strides& s) {
+  return a.inner == 1 ? s.length == 1 : s.inner == 1 || s.length == 1;
+}
 
 struct KernelTable {
   const char* name;
-  void (*forward)(const KernelArgs& a, const void* logits, void* out, bool hard);
+  void (*forward)(const KernelArgs& a, const void* logits, const Strides& ls, void* out, bool hard);
   // grad_tau: one acc_t per row, or null when not needed.
-  void (*backward)(const KernelArgs& a, const void* grad, const void* saved, void* grad_logits,
-                   void* grad_tau, bool hard);
+  void (*backward)(const KernelArgs& a, const void* grad, const Strides& gs, const void* saved,
+                   const Strides& ss, void* grad_logits, void* grad_tau, bool hard);
   void (*noise)(const KernelArgs& a, float* out);
-  void (*sample)(const KernelArgs& a, const void* logits, int64_t* out, int64_t num_samples);
+  void (*sample)(const KernelArgs& a, const void* logits, const Strides& ls, int64_t* out,
+                 int64_t num_samples);
   // Testing hook: y = -neg_log_positive(x) (fn 0) or exp_nonpositive(x) (fn 1) of vec_math.h.
   void (*vec_math)(const float* x, float* y, int64_t n, int fn);
 };

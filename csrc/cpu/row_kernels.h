@@ -89,12 +89,13 @@ ArgMax<acc_t> argmax_segment(const scalar_t* l, int64_t c0, int64_t c1, const Ro
   return r;
 }
 
+// Argmax over [c0, c1) in segments of `segment` columns (Note [Argmax segments] in
+// group_kernels.h; a multiple of kChunk).
 template <typename scalar_t, typename acc_t = typename Types<scalar_t>::acc_t>
-ArgMax<acc_t> argmax_range(const scalar_t* l, int64_t c0, int64_t c1, const RowNoise& rn) {
-  constexpr int64_t kSegment = int64_t(1) << 30;  // int32 lane indices stay exact
+ArgMax<acc_t> argmax_range(const scalar_t* l, int64_t c0, int64_t c1, const RowNoise& rn, int64_t segment) {
   ArgMax<acc_t> r;
-  for (int64_t s = c0; s < c1; s += kSegment) {
-    r = ArgMax<acc_t>::combine(r, argmax_segment(l, s, std::min(c1, s + kSegment), rn));
+  for (int64_t s = c0; s < c1; s += segment) {
+    r = ArgMax<acc_t>::combine(r, argmax_segment(l, s, std::min(c1, s + segment), rn));
   }
   return r;
 }
@@ -194,12 +195,12 @@ acc_t soft_row(const scalar_t* l, int64_t length, const RowNoise& rn, acc_t inv_
 
 template <typename scalar_t, typename acc_t = acc_of<scalar_t>>
 void forward_row(const scalar_t* l, scalar_t* y, int64_t length, const RowNoise& rn, acc_t inv_tau,
-                 bool hard, acc_t* buf, bool split) {
+                 bool hard, acc_t* buf, bool split, int64_t segment) {
   if (hard) {
     // The one-hot needs no exp (Note [Per-row softmax math]).
     const ArgMax<acc_t> am = reduce_columns(
         length, split, ArgMax<acc_t>(),
-        [&](int64_t c0, int64_t c1) { return argmax_range(l, c0, c1, rn); }, ArgMax<acc_t>::combine);
+        [&](int64_t c0, int64_t c1) { return argmax_range(l, c0, c1, rn, segment); }, ArgMax<acc_t>::combine);
     fill_row(y, length, am.finite() ? scalar_t(0) : scalar_t(kNaN<float>), split);
     if (am.finite()) y[am.index] = scalar_t(1);
     return;
