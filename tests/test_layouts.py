@@ -229,3 +229,17 @@ def test_hard_one_hot_not_last_dim_past_2_pow_31():
     del x
     assert y[0, winner].tolist() == [1.0, 1.0]
     assert y.sum(1, dtype=torch.float32).tolist() == [[1.0, 1.0]]
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_non_finite_rows_in_channels_last(capability, hard):
+    # A NaN logit, an all -inf row and a +inf logit: those rows come out NaN, as contiguous.
+    x = torch.randn(2, 20, 3, 4)
+    x[1, 3, 0, 0] = float("nan")
+    x[0, :, 1, 2] = float("-inf")
+    x[0, 5, 2, 3] = float("inf")
+    state = torch.tensor([3, 4])
+    want, _ = fused(x, 1.0, hard, 1, rng_state=state)
+    got, _ = fused(x.to(memory_format=CL), 1.0, hard, 1, rng_state=state)
+    assert torch.equal(got.isnan(), want.isnan()) and want.isnan().any(1).sum() == 3
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())

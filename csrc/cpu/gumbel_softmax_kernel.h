@@ -28,6 +28,10 @@
 //     dim=1): the set's rows are transposed into a [length, lanes] tile, block by block
 //     (at::vec::transpose_mxn), which the set then reads: one more pass through L1/L2
 //     instead of a strided copy of the whole tensor in memory.
+//   * except for what needs only argmaxes or x = logit + noise values (the hard forward,
+//     sample): those are exact whichever walk computes them (the noise of an element
+//     depends on its row and column only), so such rows take the rows walk where they lie,
+//     as logical rows o * inner + i (strided_rows), and skip the tile.
 // Outputs are contiguous, as torch.softmax's and its backward's are on CPU.
 #pragma once
 
@@ -177,6 +181,55 @@ void for_short_rows(const KernelArgs& a, bool need_buffer, const F& group) {
 template <typename scalar_t>
 using Tile = std::array<scalar_t, kShortRow * kLanes>;
 
+// Rows that are contiguous in memory while the logical walk is lane sets (inner > 1,
+// length stride 1): the problem as inner == 1 rows, and where row r starts.
+inline bool strided_rows(const KernelArgs& a, const Strides& s) {
+  return a.inner > 1 && s.length == 1 && s.inner != 1;
+}
+
+inline KernelArgs as_rows(const KernelArgs& a) {
+  KernelArgs r = a;
+  r.outer = a.outer * a.inner;
+  r.inner = 1;
+  return r;
+}
+
+template <typename scalar_t>
+const scalar_t* row_start(const KernelArgs& a, const scalar_t* data, const Strides& s, int64_t r) {
+  if (a.inner == 1) return data + r * s.outer;
+  const int64_t o = r / a.inner;
+  return data + o * s.outer + (r - o * a.inner) * s.inner;
+}
+
+// The hard forward of strided_rows: each task zeroes its rows' outputs (a run of rows at
+// every column of an `outer` slice), then writes each row's one (or NaNs) at stride inner.
+// One parallel region, as the lane-set walk has.
+template <typename scalar_t>
+void one_hot_strided_rows(const KernelArgs& a, const NoiseStream& ns, const scalar_t* l, const Strides& ls,
+                          scalar_t* y) {
+  using acc_t = acc_of<scalar_t>;
+  const int64_t segment = segment_columns(a);
+  at::parallel_for(int64_t(0), a.outer * a.inner, row_grain(a.length), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e;) {
+      const int64_t o = r / a.inner, i = r - o * a.inner, n = std::min(e - r, a.inner - i);
+      scalar_t* yo = y + o * a.length * a.inner + i;
+      for (int64_t c = 0; c < a.length; ++c) std::fill_n(yo + c * a.inner, n, scalar_t(0));
+      r += n;
+    }
+    for (int64_t r = b; r < e; ++r) {
+      const ArgMax<acc_t> am = argmax_range(row_start(a, l, ls, r), 0, a.length, RowNoise{ns, static_cast<uint64_t>(r)},
+                                            segment);
+      const int64_t o = r / a.inner;
+      scalar_t* yr = y + o * a.length * a.inner + (r - o * a.inner);
+      if (am.finite()) {
+        yr[am.index * a.inner] = scalar_t(1);
+      } else {
+        for (int64_t c = 0; c < a.length; ++c) yr[c * a.inner] = scalar_t(kNaN<float>);
+      }
+    }
+  });
+}
+
 // The kLanes-row tile of a short-row set ([length, kLanes], see to_tile).
 template <typename scalar_t>
 Lanes<const scalar_t> tile_lanes(const scalar_t* tile) {
@@ -200,6 +253,8 @@ void forward_typed(const KernelArgs& a, const scalar_t* l, const Strides& ls, sc
       forward_row(l + r * ls.outer, y + r * a.length, a.length, RowNoise{ns, static_cast<uint64_t>(r)},
                   row_inv_tau<acc_t>(a, r), hard, buf, split, segment);
     });
+  } else if (hard && strided_rows(a, ls)) {
+    one_hot_strided_rows(a, ns, l, ls, y);
   } else {
     for_groups<acc_t, scalar_t>(a, !hard, tiles_for(ls), [&](const Group& gr, acc_t* buf, scalar_t* tile) {
       group_forward(a, ns, input_lanes(a, l, ls, gr, tile), contiguous_lanes(a, y, gr), gr, hard, buf);
@@ -280,10 +335,10 @@ void sample_typed(const KernelArgs& a, const scalar_t* l, const Strides& ls, int
     });
     return;
   }
-  if (a.inner == 1) {
+  if (a.inner == 1 || strided_rows(a, ls)) {
     const int64_t segment = segment_columns(a);
-    for_rows<acc_t>(a, k > 1, [&](int64_t r, acc_t* buf, bool split) {
-      const scalar_t* lr = l + r * ls.outer;
+    for_rows<acc_t>(as_rows(a), k > 1, [&](int64_t r, acc_t* buf, bool split) {
+      const scalar_t* lr = row_start(a, l, ls, r);
       const RowNoise rn{ns, static_cast<uint64_t>(r)};
       if (k == 1) {
         const ArgMax<acc_t> am = reduce_columns(
