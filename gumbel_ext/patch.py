@@ -18,10 +18,13 @@ class patch_torch:
 
     Examples
     --------
-    >>> gumbel_ext.patch_torch()            # for the rest of the program
+    >>> import torch, torch.nn.functional as F, gumbel_ext
+    >>> _ = gumbel_ext.patch_torch()        # for the rest of the program
     >>> gumbel_ext.unpatch_torch()
     >>> with gumbel_ext.patch_torch():      # only inside the block
-    ...     y = F.gumbel_softmax(logits, tau=0.5, hard=True)
+    ...     y = F.gumbel_softmax(torch.randn(8, 10), tau=0.5, hard=True)
+    >>> gumbel_ext.is_patched()
+    False
     """
 
     def __init__(self) -> None:
@@ -41,4 +44,5 @@ def unpatch_torch() -> None:
 
 
 def is_patched() -> bool:
+    """True while ``torch.nn.functional.gumbel_softmax`` is :func:`gumbel_ext.gumbel_softmax`."""
     return F.gumbel_softmax is gumbel_softmax

@@ -23,6 +23,7 @@ PACKAGES = {
     # make dist-check: python -m build --no-isolation, twine check
     "build": "build",
     "twine": "twine",
+    "sklearn": "scikit-learn",
 }
 
 
