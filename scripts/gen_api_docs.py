@@ -32,7 +32,7 @@ def public_objects():
     import gumbel_ext
     from gumbel_ext import reference
 
-    names = [n for n in gumbel_ext.__all__ if n != "reference"]
+    names = [n for n in gumbel_ext.__all__ if not inspect.ismodule(getattr(gumbel_ext, n))]
     out = [(f"gumbel_ext.{n}", getattr(gumbel_ext, n)) for n in names]
     out += [(f"gumbel_ext.reference.{n}", getattr(reference, n)) for n in ("gumbel_softmax", "sample")]
     return out
@@ -98,7 +98,13 @@ def render(name: str, obj) -> str:
 
 
 def generated() -> str:
-    return "\n".join(render(n, o) for n, o in public_objects())
+    objects = public_objects()
+    parts = [render(n, o) for n, o in objects if callable(o)]
+    # Constants (version numbers): their type only, so a version bump needs no regeneration
+    constants = [f"- `{n}` ({type(o).__name__})" for n, o in objects if not callable(o)]
+    if constants:
+        parts.append("### Constants\n\n" + "\n".join(constants) + "\n")
+    return "\n".join(parts)
 
 
 def splice(text: str, body: str) -> str:

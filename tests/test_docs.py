@@ -107,7 +107,7 @@ def test_api_md_check_detects_drift(monkeypatch):
     assert gen_api_docs.splice(text, gen_api_docs.generated()) != text
 
 
-@pytest.mark.parametrize("name", [n for n in gumbel_ext.__all__ if n != "reference"])
+@pytest.mark.parametrize("name", [n for n in gumbel_ext.__all__ if callable(getattr(gumbel_ext, n))])
 def test_public_parameters_are_documented(name):
     """The docstring's Parameters section names exactly the signature's parameters."""
     obj = getattr(gumbel_ext, name)
