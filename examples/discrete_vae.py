@@ -58,7 +58,8 @@ class Config:
     tau_end: float = 0.5
 
 
-QUICK = Config(epochs=10, seeds=3, hidden=128)
+QUICK = Config(epochs=10, seeds=4, hidden=128)
+Z_MAX = 5.0  # see agreement()
 
 
 def load_digits(device: torch.device):
@@ -228,9 +229,11 @@ def summary_elbo(run: Run) -> float:
 def agreement(runs: Dict[str, List[Run]]) -> Dict[str, float]:
     """Do the two implementations train equally well? The difference of their mean final
     ELBOs, in units of its standard error estimated from the seed-to-seed spread (Welch).
-    |z| <= 3 passes: two samplers of the same distribution agree; one that samples from a
-    different distribution (tests/test_examples.py tries one) moves the ELBO by many
-    standard errors."""
+    |z| <= Z_MAX passes. The standard error is itself estimated from a few seeds (about
+    2 * seeds - 2 degrees of freedom), so z is Student-t distributed, not normal: with 4
+    seeds a sampler of the right distribution exceeds 5 with probability about 0.25%
+    (with 5 seeds, 0.1%); one of softmax(logits / 2) instead (tests/test_examples.py tries
+    it) lands near z = -28."""
     a, b = ([summary_elbo(r) for r in runs[k]] for k in ("torch", "gumbel_ext"))
     se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
     diff = statistics.mean(b) - statistics.mean(a)
@@ -363,7 +366,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     report_timing(runs, cfg, device)
     a = agreement(runs)
-    ok = abs(a["z"]) <= 3
+    ok = abs(a["z"]) <= Z_MAX
     print(
         f"\nfinal held-out ELBO (mean of the last third of epochs, mean over seeds): "
         f"F.gumbel_softmax {a['torch']:.2f}, gumbel_ext {a['gumbel_ext']:.2f}; difference {a['diff']:+.2f} "
