@@ -34,7 +34,7 @@ import _version  # noqa: E402
 sys.path.pop(0)
 
 # Tracked files the sdist must hold: everything under these folders, and these files.
-SDIST_FOLDERS = ("csrc/", "tests/", "gumbel_ext/", "docs/", "scripts/")
+SDIST_FOLDERS = ("csrc/", "tests/", "gumbel_ext/", "docs/", "scripts/", "examples/")
 SDIST_FILES = ("CMakeLists.txt", "setup.py", "pyproject.toml", "MANIFEST.in", "LICENSE", "README.md",
                "CHANGELOG.md", "Makefile")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
