@@ -89,6 +89,31 @@ def _tau_args(logits: torch.Tensor, tau: Tau, dim: int) -> Tuple[float, Optional
     return float(tau), None
 
 
+def _check_sample_rows(logits: torch.Tensor, num_samples: int, dim: int) -> None:
+    """The CPU sample op's per-row checks, for the reference fallback on the CPU (other
+    devices never raise, as on CUDA, where the check would need a device sync): the first
+    row, in the flattened order of the other dims, holding NaN or +inf or with fewer
+    finite logits than num_samples raises the op's ValueError."""
+    if logits.device.type != "cpu" or logits.numel() == 0:
+        return
+    x = logits.detach()
+    rows = x.reshape(1, 1) if x.dim() == 0 else x.movedim(dim, -1).reshape(-1, x.shape[dim])
+    invalid = (rows.isnan() | (rows == float("inf"))).any(-1)
+    finite = rows.isfinite().sum(-1)
+    failing = (invalid | (finite < num_samples)).nonzero()
+    if not len(failing):
+        return
+    r = int(failing[0])
+    if invalid[r]:
+        raise ValueError(f"gumbel_ext.sample: row {r} of the logits holds NaN or +inf")
+    if num_samples == 1:
+        raise ValueError(f"gumbel_ext.sample: row {r} has no finite logit to draw from (all -inf)")
+    raise ValueError(
+        f"gumbel_ext.sample: num_samples={num_samples} exceeds the {int(finite[r])} finite logits of "
+        f"row {r} (sampling without replacement)"
+    )
+
+
 def _use_fused(logits: torch.Tensor) -> bool:
     if _ops.has_kernel(logits.device):
         return True
@@ -254,5 +279,6 @@ def sample(
         )
     _check_generator(generator, logits)
     if not _use_fused(logits):
+        _check_sample_rows(logits, num_samples, dim)
         return reference.sample(logits.detach(), num_samples, dim, generator=generator)
     return torch.ops.gumbel_ext.sample(logits.detach(), num_samples, dim, generator)
