@@ -3,7 +3,7 @@ PYTHON ?= python3
 BENCH_ARGS ?=
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-py test-slow ctest cuda-check dist-check bench clean
+.PHONY: all deps build test test-py test-slow ctest cuda-check dist-check bench mutants clean
 
 all: build
 
@@ -39,5 +39,10 @@ dist-check: build
 bench: build
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
 
+# Does the fast suite kill every mutation in tests/mutants/? Rebuilds a scratch copy per
+# mutant (minutes each): run it before closing a kernel issue, not in CI (`make test`).
+mutants: deps
+	MAX_JOBS=$(JOBS) $(PYTHON) scripts/mutants.py $(MUTANTS)
+
 clean:
-	rm -rf build build-cmake gumbel_ext/_C*.so gumbel_ext/_build_info.json *.egg-info .pytest_cache
+	rm -rf build build-cmake build-mutants gumbel_ext/_C*.so gumbel_ext/_build_info.json *.egg-info .pytest_cache
