@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import gumbel_ext
 import gumbel_ext.functional
 from test_errors import *  # noqa: F401,F403 -- pytest collects the imported tests here too
 from test_errors import test_op_rejects_bad_arguments
@@ -44,3 +46,16 @@ def test_forced_reference_raises_in_a_fresh_process():
                          check=True).stdout.splitlines()
     assert out[0] == "ValueError: gumbel_ext: tau must be a finite number > 0, got 0.0"
     assert out[1] == "ValueError: gumbel_ext.sample: row 0 of the logits holds NaN or +inf"
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_row_numbering_matches_the_op(k):
+    """Rows are numbered as the op numbers them: the flattened other dims, dim not last."""
+    x = torch.randn(2, 5, 3)
+    x[1, k - 1:, 2] = float("-inf")  # row 1 * 3 + 2: k - 1 finite logits
+    with pytest.raises(ValueError) as op_error:
+        torch.ops.gumbel_ext.sample(x, k, 1)
+    with pytest.raises(ValueError) as fallback_error:
+        gumbel_ext.sample(x, k, 1)
+    assert str(fallback_error.value) == str(op_error.value)
+    assert "row 5" in str(op_error.value)

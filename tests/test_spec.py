@@ -77,9 +77,10 @@ def _gumbel(words):
     return -np.log(-np.log(u))
 
 
-# The kernels compute g in float32 from an exact u: log(u) within 2 ulp, then one more log,
-# so |error| <= 2^-22 (relative error of -log u) + |g| 2^-23 (< 2.1e-6 for |g| < 16.7).
-NOISE_ATOL = 4e-6
+# The kernels compute g in float32 from an exact u: log(u) within 2 ulp, then one more log
+# within 2 ulp, so |error| <= 2^-22 (from -log u's relative error) + 2 ulp of g (2^-18 for
+# g in [16, 16.64]) ~ 4.05e-6; measured below 1e-6.
+NOISE_ATOL = 5e-6
 
 
 def test_philox_oracle_known_answers():
