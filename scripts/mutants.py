@@ -3,6 +3,7 @@
 Each tests/mutants/*.toml is one small deliberate bug, kept as data:
 
     why = "what it breaks, and which test should catch it"
+    first = ["tests/test_cuda_emulated.py"]   # optional: run these test files first
     [[edit]]                  # one or more exact-text replacements
     file = "csrc/gumbel_noise.h"
     old = '''text that must occur exactly once in the file'''
@@ -39,8 +40,8 @@ MUTANTS = ROOT / "tests" / "mutants"
 
 # The fast suite: every default (not slow) test but the ones that only time a build or a
 # benchmark; the files most likely to kill a mutant first, since -x stops at a failure.
-FIRST = ["test_spec.py", "test_cpu_isa.py", "test_errors.py", "test_errors_reference.py", "test_forward.py",
-         "test_backward.py"]
+FIRST = ["test_spec.py", "test_errors.py", "test_errors_reference.py", "test_forward.py", "test_backward.py",
+         "test_cpu_isa.py"]
 SKIPPED = ["test_build_paths.py", "test_bench.py", "test_cuda_check.py"]
 
 
@@ -49,6 +50,7 @@ class Mutant:
     name: str
     why: str
     edits: List[Dict[str, str]]
+    first: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,7 +75,7 @@ def load_mutants(names: List[str]) -> List[Mutant]:
         edits = data.get("edit", [])
         if not data.get("why") or not edits or any(set(e) != {"file", "old", "new"} for e in edits):
             sys.exit(f"mutants.py: {p.name} needs `why` and [[edit]] tables of file, old, new")
-        mutants.append(Mutant(p.stem, data["why"].strip(), edits))
+        mutants.append(Mutant(p.stem, data["why"].strip(), edits, list(data.get("first", []))))
     return mutants
 
 
@@ -128,19 +130,21 @@ def build(scratch: Path, log: Path) -> bool:
     return proc.returncode == 0
 
 
-def suite_files(scratch: Path) -> List[str]:
-    files = sorted(p.name for p in (scratch / "tests").glob("test_*.py"))
-    rest = [f for f in files if f not in FIRST and f not in SKIPPED]
-    return [f"tests/{f}" for f in FIRST if f in files] + [f"tests/{f}" for f in rest]
+def suite_files(scratch: Path, first: List[str]) -> List[str]:
+    """The fast suite's test files; `first` (a mutant's hint), then FIRST, then the rest."""
+    files = [f"tests/{p.name}" for p in sorted((scratch / "tests").glob("test_*.py")) if p.name not in SKIPPED]
+    order = list(dict.fromkeys(first + [f"tests/{f}" for f in FIRST]))
+    return [f for f in order if f in files] + [f for f in files if f not in order]
 
 
-def run_suite(scratch: Path, log: Path) -> subprocess.CompletedProcess:
+def run_suite(scratch: Path, log: Path, first: List[str] = ()) -> subprocess.CompletedProcess:
     # The scratch copy's own package, never an installed or JIT-built one.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUMBEL_EXT_") and k != "PYTHONPATH"}
     env["GUMBEL_EXT_BUILD_DIR"] = str(scratch / "build-jit")  # a failed import must not touch the user's cache
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
     with log.open("w") as f:
-        return subprocess.run(cmd + suite_files(scratch), cwd=scratch, env=env, stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.run(cmd + suite_files(scratch, list(first)), cwd=scratch, env=env, stdout=f,
+                              stderr=subprocess.STDOUT)
 
 
 def first_failure(log: Path) -> str:
@@ -190,7 +194,7 @@ def main() -> int:
                 out.status, out.detail = "BUILD FAILED", str(logs / f"{m.name}-build.log")
             else:
                 t1 = time.monotonic()
-                proc = run_suite(scratch, logs / f"{m.name}-tests.log")
+                proc = run_suite(scratch, logs / f"{m.name}-tests.log", m.first)
                 out.seconds["tests"] = time.monotonic() - t1
                 if proc.returncode == 0:
                     out.status, out.detail = "SURVIVED", m.why
