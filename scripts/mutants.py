@@ -38,11 +38,12 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "tests" / "mutants"
 
-# The fast suite: every default (not slow) test but the ones that only time a build or a
-# benchmark; the files most likely to kill a mutant first, since -x stops at a failure.
+# The fast suite: every default (not slow) test but the ones that check builds, packaging,
+# benchmarks or the GPU session script rather than the computation; the files most likely to
+# kill a mutant first, since -x stops at a failure.
 FIRST = ["test_spec.py", "test_errors.py", "test_errors_reference.py", "test_forward.py", "test_backward.py",
-         "test_cpu_isa.py"]
-SKIPPED = ["test_build_paths.py", "test_bench.py", "test_cuda_check.py"]
+         "golden/test_golden_noise.py", "test_cpu_isa.py"]
+SKIPPED = ["test_build_paths.py", "test_bench.py", "test_cuda_check.py", "test_release.py", "test_gpu_session.py"]
 
 
 @dataclass
@@ -132,7 +133,9 @@ def build(scratch: Path, log: Path) -> bool:
 
 def suite_files(scratch: Path, first: List[str]) -> List[str]:
     """The fast suite's test files; `first` (a mutant's hint), then FIRST, then the rest."""
-    files = [f"tests/{p.name}" for p in sorted((scratch / "tests").glob("test_*.py")) if p.name not in SKIPPED]
+    tests = scratch / "tests"
+    found = sorted(p.relative_to(tests).as_posix() for p in tests.rglob("test_*.py"))
+    files = [f"tests/{f}" for f in found if f not in SKIPPED]
     order = list(dict.fromkeys(first + [f"tests/{f}" for f in FIRST]))
     return [f for f in order if f in files] + [f for f in files if f not in order]
 
