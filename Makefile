@@ -1,6 +1,7 @@
 # The two commands: `make bench` (the main job) and `make test`. Both build first.
 PYTHON ?= python3
 BENCH_ARGS ?=
+SAMPLER_BENCH_ARGS ?=
 JOBS ?= $(shell nproc)
 
 .PHONY: all deps build test test-py test-slow ctest cuda-check dist-check bench clean
@@ -38,6 +39,7 @@ dist-check: build
 
 bench: build
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
+	$(PYTHON) -m benchmarks.sampler $(SAMPLER_BENCH_ARGS)
 
 clean:
 	rm -rf build build-cmake gumbel_ext/_C*.so gumbel_ext/_build_info.json *.egg-info .pytest_cache
