@@ -81,8 +81,18 @@ FILTERS = [
 
 
 # ------------------------------------------------------------------- distribution
+@pytest.fixture(params=["fused", "reference"])
+def path(request, monkeypatch):
+    """The fused CPU op, or the reference (what devices without the op run)."""
+    if request.param == "reference":
+        monkeypatch.setattr(sampling, "FUSED_DEVICE_TYPES", frozenset())
+    return request.param
+
+
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
-def test_frequencies_match_filtered_distribution(filters):
+def test_frequencies_match_filtered_distribution(filters, path):
+    if path == "reference" and filters is not FILTERS[5]:
+        pytest.skip("the reference's Philox in torch ops is slow: the combined case only")
     n = 100_000
     x = LOGITS.expand(n, -1)
     idx = gumbel_ext.sample(x, seeds=seeds_for(n), **filters)
@@ -96,9 +106,9 @@ def test_frequencies_match_filtered_distribution(filters):
     assert chi2_p(counts, oracle_probs(LOGITS, **off)) < P_MIN
 
 
-def test_top_p_is_taken_after_top_k():
+def test_top_p_is_taken_after_top_k(path):
     # top-p over the top-k survivors keeps fewer tokens than top-p over the whole row.
-    n = 60_000
+    n = 40_000
     f = dict(top_k=5, top_p=0.75)
     idx = gumbel_ext.sample(LOGITS.expand(n, -1), seeds=seeds_for(n), **f)
     counts = counts_of(idx, LOGITS.numel())
@@ -170,8 +180,10 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()) or "plain")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_fused_equals_reference(case, dtype):
-    x = (torch.randn(37, 3001) * 3).to(dtype)
-    seeds, offsets = seeds_for(37), torch.arange(37) * 4096
+    if dtype != torch.float32 and case not in (CASES[0], CASES[6], CASES[7]):
+        pytest.skip("every case in float32; the other dtypes on the plain and combined ones")
+    x = (torch.randn(17, 2001) * 3).to(dtype)
+    seeds, offsets = seeds_for(17), torch.arange(17) * 4096
     idx, lp = gumbel_ext.sample(x, seeds=seeds, offsets=offsets, return_logprobs=True, **case)
     r_idx, r_lp = ref_sample(x, seeds=seeds, offsets=offsets, **case)
     assert torch.equal(idx, r_idx)
@@ -283,7 +295,7 @@ def test_filters_that_keep_everything_change_nothing():
         assert torch.equal(gumbel_ext.sample(x, seeds=s, **f), base), f
 
 
-def test_single_survivor():
+def test_single_survivor(path):
     x = torch.randn(10, 200)
     am = x.argmax(-1)
     s = seeds_for(10)
@@ -293,7 +305,7 @@ def test_single_survivor():
         assert torch.equal(lp, torch.zeros(10)), f
 
 
-def test_inf_masks_are_never_drawn():
+def test_inf_masks_are_never_drawn(path):
     x = torch.randn(200, 64)
     x[:, ::2] = float("-inf")
     x[:, 1] = float("-inf")
@@ -302,10 +314,10 @@ def test_inf_masks_are_never_drawn():
         assert torch.isfinite(x.gather(-1, idx[:, None])).all(), f
 
 
-def test_boundary_ties_are_kept():
+def test_boundary_ties_are_kept(path):
     # top-k=2 on [3, 2, 2, 2, 0]: the three tied 2s all survive; top-p's boundary too.
     x = torch.tensor([3.0, 2.0, 2.0, 2.0, 0.0, -1.0])
-    n = 30_000
+    n = 20_000
     for f in (dict(top_k=2), dict(top_p=0.5)):
         idx = gumbel_ext.sample(x.expand(n, -1), seeds=seeds_for(n), **f)
         counts = counts_of(idx, 6)
