@@ -38,6 +38,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernel_table.h"
@@ -192,7 +194,41 @@ acc_t top_p_threshold(acc_t* w, int64_t n, double target) {
     above += w[i];
     if (above >= target) return w[i];
   }
-  return acc_t(0);  // rounding left the target out of reach: keep everything
+  // Rounding left the target out of reach (only ever by an ulp of the sum): keep all.
+  return hi > lo ? w[hi - 1] : acc_t(0);
+}
+
+// Note [Top-p over a whole row by a histogram]
+// For a whole vocabulary the pivot rounds' partitions are slow (branchy, several passes).
+// e >= 0, so its bit pattern orders it: one pass adds each e into a bucket of the top
+// bits (exponent and 3 mantissa bits, ~1000 buckets over [0, 1] in float), a scan from the
+// top finds the bucket where the mass crosses the target, and only that bucket's values
+// go through the pivot rounds. e is read, not reordered.
+template <typename acc_t>
+acc_t top_p_threshold_hist(const acc_t* e, int64_t n, double target, std::vector<double>& hist,
+                           std::vector<acc_t>& bucket_values) {
+  using bits_t = std::conditional_t<std::is_same_v<acc_t, float>, uint32_t, uint64_t>;
+  constexpr int shift = std::is_same_v<acc_t, float> ? 20 : 49;
+  const auto key = [](acc_t v) {
+    bits_t b;
+    std::memcpy(&b, &v, sizeof(b));
+    return static_cast<int64_t>(b >> shift);
+  };
+  const int64_t buckets = key(acc_t(1)) + 1;  // e <= 1
+  hist.assign(buckets, 0.0);
+  for (int64_t i = 0; i < n; ++i) hist[key(e[i])] += e[i];
+  double above = 0;
+  int64_t b = buckets - 1;
+  for (; b >= 0; --b) {
+    if (above + hist[b] >= target) break;
+    above += hist[b];
+  }
+  if (b < 0) return acc_t(0);  // rounding: keep everything
+  bucket_values.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    if (key(e[i]) == b) bucket_values.push_back(e[i]);
+  }
+  return top_p_threshold(bucket_values.data(), static_cast<int64_t>(bucket_values.size()), target - above);
 }
 
 // Greedy row: the num_samples largest logits (lowest index on ties), logprobs at T = 1.
@@ -266,6 +302,7 @@ struct SamplerScratch {
   std::vector<int64_t> cols;
   std::vector<acc_t> e;
   std::vector<Kept<acc_t>> kept;
+  std::vector<double> hist;
 };
 
 // The noise of columns [base, base + kChunk) of a row, in column order.
@@ -330,7 +367,8 @@ void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, Samp
   acc_t e_min = min_p;
   const bool need_e = top_p || min_p > 0 || lp;
   if (top_p) {
-    s.e.resize(V);
+    // e of the row, padded with zeros to whole chunks for the draw pass below.
+    s.e.assign(round_up(V, kChunk), acc_t(0));
     double total = 0;
     aVec part(0);
     for (int64_t c = 0; c < V; c += kChunk) {
@@ -346,7 +384,7 @@ void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, Samp
       if ((c / kChunk) % 16 == 15) total += reduce_sum(part), part = aVec(0);
     }
     total += reduce_sum(part);
-    e_min = std::max(e_min, top_p_threshold(s.e.data(), V, p.top_p * total));
+    e_min = std::max(e_min, top_p_threshold_hist(s.e.data(), V, p.top_p * total, s.hist, s.values));
   }
   // One vectorized pass: keys of the kept tokens, their e sum, the best (or all for
   // num_samples > 1).
@@ -367,7 +405,8 @@ void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, Samp
       const aVec z = (v[k] - aVec(M)) / aVec(temp);
       aVec key = z + g[k];
       if (need_e) {
-        const aVec e = exp_nonpositive(z);
+        // The stored e are the same function of the same inputs: identical bits.
+        const aVec e = top_p ? aVec::loadu(&s.e[c + k * T::A]) : exp_nonpositive(z);
         const aVec keep = e >= aVec(e_min);
         key = aVec::blendv(aVec(-kInf<acc_t>), key, keep);
         sum = sum + (e & keep);
