@@ -458,3 +458,12 @@ def test_compile_fullgraph():
     idx, lp = compiled(x, s, T)
     e_idx, e_lp = f(x, s, T)
     assert torch.equal(idx, e_idx) and torch.equal(lp, e_lp)
+
+
+# ------------------------------------------------------------------- benchmark smoke
+def test_sampler_benchmark_quick(tmp_path):
+    from benchmarks import sampler as bench
+
+    bench.main(["--quick", "--scale", "1", "--out", str(tmp_path)])
+    text = (tmp_path / "cpu-sampler-quick.md").read_text()
+    assert "peer" in text and "top_k=50 + top_p=0.9" in text
