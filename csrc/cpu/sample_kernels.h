@@ -19,7 +19,8 @@
 // T == 0 is greedy: the lowest-index argmax of x (top num_samples for num_samples > 1), no
 // noise, filters ignored, logprob = x_i - M - log(sum exp(x - M)) (softmax at T = 1).
 // z uses a division, not a multiply by 1/T, so that z + g cannot be contracted into an fma
-// and the reference (gumbel_ext/reference.py) reproduces it bit for bit.
+// and the reference (gumbel_ext/reference.py) performs the same float operations (its
+// noise and exp may still differ in the last bit, as the CPU copies do: CHANGELOG.md).
 //
 // Note [Per-row noise keys]
 // Row r's noise is element (row ctr, column c) of the noise contract (Note [Philox counter
