@@ -50,6 +50,16 @@ namespace gumbel_ext {
 namespace cpu {
 namespace CPU_CAPABILITY {
 
+// A comparator of this ISA's own type: the std algorithms instantiated with it carry this
+// namespace in their symbol names, so no copy shares or clones one compiled for another
+// ISA (Note [Per-ISA CPU kernels]; tests/test_cpu_isa.py checks the machine code).
+struct Descending {
+  template <typename T>
+  bool operator()(T a, T b) const {
+    return a > b;
+  }
+};
+
 // The parameters of row r.
 struct SampleRow {
   double temperature, top_p, min_p;
@@ -142,7 +152,7 @@ acc_t kth_largest(const scalar_t* x, int64_t V, int64_t k, std::vector<acc_t>& b
   acc_t thr = -kInf<acc_t>;
   bool cut = false;
   const auto shrink = [&] {
-    std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), std::greater<acc_t>());
+    std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), Descending());
     buf.resize(k);
     thr = buf[k - 1];
     cut = true;
@@ -155,7 +165,7 @@ acc_t kth_largest(const scalar_t* x, int64_t V, int64_t k, std::vector<acc_t>& b
         buf.push_back(v);
         if (buf.size() >= cap) shrink();
       });
-  std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), std::greater<acc_t>());
+  std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), Descending());
   return buf[k - 1];
 }
 
@@ -190,7 +200,7 @@ acc_t top_p_threshold(acc_t* w, int64_t n, double target) {
       lo = eq_end - w;
     }
   }
-  std::sort(w + lo, w + hi, std::greater<acc_t>());
+  std::sort(w + lo, w + hi, Descending());
   for (int64_t i = lo; i < hi; ++i) {
     above += w[i];
     if (above >= target) return w[i];
