@@ -1,6 +1,7 @@
 # The two commands: `make bench` (the main job) and `make test`. Both build first.
 PYTHON ?= python3
 BENCH_ARGS ?=
+SAMPLER_BENCH_ARGS ?=
 JOBS ?= $(shell nproc)
 
 .PHONY: all deps build test test-py test-slow ctest cuda-check dist-check bench mutants clean
@@ -38,6 +39,7 @@ dist-check: build
 
 bench: build
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
+	$(PYTHON) -m benchmarks.sampler $(SAMPLER_BENCH_ARGS)
 
 # Does the fast suite kill every mutation in tests/mutants/? Rebuilds a scratch copy per
 # mutant (minutes each): run it before closing a kernel issue, not in CI (`make test`).

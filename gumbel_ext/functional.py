@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from . import _ops, reference
+from . import _ops, reference, sampling
 
 Tau = Union[float, torch.Tensor]
 
@@ -175,6 +175,8 @@ def gumbel_softmax(
     dim: int = -1,
     *,
     generator: Optional[torch.Generator] = None,
+    seeds: Optional[torch.Tensor] = None,
+    offsets: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Sample from the Gumbel-Softmax distribution; a drop-in for
     :func:`torch.nn.functional.gumbel_softmax`, fused into one kernel.
@@ -196,6 +198,10 @@ def gumbel_softmax(
         The dimension of the categories.
     generator : torch.Generator, optional
         Generator on the logits' device; None means the device's default generator.
+    seeds, offsets : int64 Tensor, optional
+        Per-row noise keys instead of ``generator``, as in :func:`sample`: the same
+        ``seeds``/``offsets`` give the noise :func:`sample` perturbs the logits with, and
+        the backward sees the forward's noise. This path runs in torch ops (not fused).
 
     Returns
     -------
@@ -214,6 +220,10 @@ def gumbel_softmax(
     dim = _wrap_dim(logits, dim)
     tau_value, tau_rows = _tau_args(logits, tau, dim)
     _check_generator(generator, logits)
+    if seeds is not None or offsets is not None:
+        if generator is not None:
+            raise ValueError("gumbel_ext.gumbel_softmax: pass seeds/offsets or a generator, not both")
+        return sampling.gumbel_softmax_seeded(logits, tau, bool(hard), dim, seeds, offsets)
     if not _use_fused(logits):
         return reference.gumbel_softmax(logits, tau, bool(hard), dim, generator=generator)
     if _functorch_active():
@@ -228,9 +238,17 @@ def sample(
     num_samples: int = 1,
     dim: int = -1,
     *,
+    temperature: Union[float, torch.Tensor] = 1.0,
+    top_k: Union[int, torch.Tensor, None] = None,
+    top_p: Union[float, torch.Tensor, None] = None,
+    min_p: Union[float, torch.Tensor, None] = None,
+    seeds: Optional[torch.Tensor] = None,
+    offsets: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """Draw category indices from ``softmax(logits)`` by the Gumbel-max trick, fused.
+    return_logprobs: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Draw category indices from ``softmax(logits / temperature)``, optionally filtered by
+    top-k, top-p and min-p, by the Gumbel-max trick, fused.
 
     Nothing of the logits' size is materialized: one pass per row reads the logits and
     writes indices. With the same generator state, ``sample(x)`` equals
@@ -246,12 +264,37 @@ def sample(
         drawn, ``dim`` replaced by ``k``.
     dim : int, default -1
         The dimension of the categories.
+    temperature : float or Tensor, default 1.0
+        ``>= 0``; a tensor holds one value per row (the logits' shape without ``dim``, or
+        broadcastable to it). ``0`` is greedy: the argmax (lowest index on ties), no noise,
+        filters ignored; rows may mix greedy and sampled.
+    top_k : int or int Tensor, optional
+        Keep the logits ``>=`` the k-th largest (ties at the boundary are all kept);
+        ``0`` or None is off.
+    top_p : float or Tensor in (0, 1], optional
+        After temperature and top-k: keep the smallest set of most probable tokens whose
+        probability reaches ``p``, plus every token tied with its least probable one. It
+        always keeps at least the most probable token.
+    min_p : float or Tensor in [0, 1], optional
+        Keep tokens with ``p >= min_p * p_max`` (unchanged by renormalization, so the
+        order does not matter); the most probable token always survives, and ``min_p = 1``
+        keeps only the tokens tied with it.
+    seeds, offsets : int64 Tensor, optional
+        One per row, instead of ``generator``. Row r's noise is keyed by ``seeds[r]`` with
+        counters from ``offsets[r]`` (default 0), independent of r's position in the
+        batch; read on the device, no host sync. A row of C categories consumes
+        ``4 * ceil(C / 4)`` counters, so a caller advancing per step adds that (or more).
     generator : torch.Generator, optional
         Generator on the logits' device.
+    return_logprobs : bool, default False
+        Also return the float32 log-probability of each drawn index under the processed
+        distribution (temperature and filters applied, renormalized; for
+        ``num_samples > 1`` each token's own, not the conditional). Greedy rows give the
+        log-prob under ``softmax(logits)`` at temperature 1.
 
     Returns
     -------
-    LongTensor
+    LongTensor, or (LongTensor, FloatTensor) with ``return_logprobs``
 
     Notes
     -----
@@ -261,11 +304,20 @@ def sample(
     what :func:`gumbel_ext.reference.sample` returns -- NaN ranks above everything, ties
     go to the lowest index -- which are always valid, distinct indices.
 
+    The sampler arguments are applied in the order temperature, top-k, top-p, min-p, as
+    written out in Note [Sampler semantics] (csrc/cpu/sample_kernels.h). With their
+    defaults, the call is today's Gumbel-max op, bit for bit. Otherwise it runs the op
+    ``gumbel_ext::sample_filtered`` (fused on the CPU; elsewhere the reference in torch
+    ops, without host syncs on CUDA, where per-row values are not checked either). On the
+    CPU a row that keeps fewer tokens than ``num_samples`` raises ``ValueError``.
+
     Examples
     --------
     >>> logits = torch.randn(64, 128256)
     >>> tokens = sample(logits)                  # shape [64]
     >>> top4 = sample(logits, num_samples=4)     # shape [64, 4], distinct per row
+    >>> tokens, logprobs = sample(logits, temperature=0.7, top_k=50, top_p=0.9,
+    ...                           seeds=torch.arange(64), return_logprobs=True)
     """
     _check_logits(logits, "sample")
     dim = _wrap_dim(logits, dim)
@@ -278,6 +330,13 @@ def sample(
             "along dim (sampling without replacement)"
         )
     _check_generator(generator, logits)
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 1.0) or any(
+        v is not None for v in (top_k, top_p, min_p, seeds, offsets)
+    ) or return_logprobs is not False:
+        return sampling.sample_filtered(
+            logits, num_samples, dim, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seeds=seeds,
+            offsets=offsets, generator=generator, return_logprobs=return_logprobs,
+        )
     if not _use_fused(logits):
         _check_sample_rows(logits, num_samples, dim)
         return reference.sample(logits.detach(), num_samples, dim, generator=generator)

@@ -146,3 +146,4 @@ def sample(
         return x.argmax(dim=dim)
     # A stable descending sort gives ties to the lowest index, as the kernels do.
     return torch.sort(x, dim=dim, descending=True, stable=True).indices.narrow(dim, 0, num_samples)
+from ._reference_sampler import keyed_noise, sample_filtered  # noqa: E402,F401  (the token sampler)

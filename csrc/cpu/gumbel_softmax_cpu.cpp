@@ -220,5 +220,9 @@ int64_t set_argmax_segment(int64_t columns) {
   return g_argmax_segment.exchange(columns);
 }
 
+void sample_filtered(const SampleArgs& a, const void* logits, int64_t* out, float* logprobs) {
+  active().sample_filtered(a, logits, out, logprobs);
+}
+
 }  // namespace cpu
 }  // namespace gumbel_ext

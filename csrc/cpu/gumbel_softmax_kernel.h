@@ -50,6 +50,7 @@
 #include "group_kernels.h"
 #include "kernel_table.h"
 #include "row_kernels.h"
+#include "sample_kernels.h"
 #include "vec_io.h"
 
 namespace gumbel_ext {
@@ -409,13 +410,20 @@ inline void vec_math(const float* x, float* y, int64_t n, int fn) {
   }
 }
 
+inline void sample_filtered(const SampleArgs& a, const void* logits, int64_t* out, float* logprobs) {
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    sample_filtered_typed(a, static_cast<const scalar_t*>(logits), out, logprobs);
+  });
+}
+
 #define GUMBEL_EXT_STRINGIFY_(x) #x
 #define GUMBEL_EXT_STRINGIFY(x) GUMBEL_EXT_STRINGIFY_(x)
 
 // Constant-initialized: no code runs at load time (see Note [Per-ISA CPU kernels]).
 extern const KernelTable kKernels;
 const KernelTable kKernels = {GUMBEL_EXT_STRINGIFY(CPU_CAPABILITY), &forward, &backward, &noise_kernel, &sample,
-                               &vec_math};
+                               &vec_math, &sample_filtered};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

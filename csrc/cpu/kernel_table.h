@@ -62,6 +62,20 @@ inline bool readable_in_place(const KernelArgs& a, const Strides& s) {
   return a.inner == 1 ? s.length == 1 : s.inner == 1 || s.length == 1;
 }
 
+// gumbel_ext::sample_filtered (csrc/cpu/sample_kernels.h): rows x length, contiguous. A
+// per-row array, when not null, replaces its scalar; seeds/offsets null means one
+// generator seed for all rows.
+struct SampleArgs {
+  c10::ScalarType dtype;
+  int64_t rows, length, num_samples;
+  double temperature, top_p, min_p;
+  int64_t top_k;
+  const double *temperature_rows, *top_p_rows, *min_p_rows;
+  const int64_t* top_k_rows;
+  uint64_t seed;
+  const int64_t *seeds, *offsets;
+};
+
 struct KernelTable {
   const char* name;
   void (*forward)(const KernelArgs& a, const void* logits, const Strides& ls, void* out, bool hard);
@@ -73,6 +87,8 @@ struct KernelTable {
                  int64_t num_samples);
   // Testing hook: y = -neg_log_positive(x) (fn 0) or exp_nonpositive(x) (fn 1) of vec_math.h.
   void (*vec_math)(const float* x, float* y, int64_t n, int fn);
+  // logprobs: float32 [rows, num_samples], or null.
+  void (*sample_filtered)(const SampleArgs& a, const void* logits, int64_t* out, float* logprobs);
 };
 
 }  // namespace cpu

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../op_common.h"
+#include "kernel_table.h"
 
 namespace gumbel_ext {
 namespace cpu {
@@ -31,6 +32,9 @@ void noise(at::Tensor& out, const RowLayout& layout, uint64_t seed, uint64_t off
 // Gumbel-top-k indices, [rows, k] in row order; k = 1 is Gumbel-max.
 void sample(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, int64_t dim,
             uint64_t seed, uint64_t offset, int64_t num_samples);
+
+// gumbel_ext::sample_filtered on rows x length contiguous logits (csrc/cpu/sample_kernels.h).
+void sample_filtered(const SampleArgs& a, const void* logits, int64_t* out, float* logprobs);
 
 // Which per-ISA copy of the kernels runs (Note [Per-ISA CPU kernels] in kernel_table.h):
 // "default", "avx2" or "avx512". The first call picks the best one this CPU supports, or

@@ -1,0 +1,114 @@
+// gumbel_ext::sample_filtered: the token sampler (temperature, top-k / top-p / min-p,
+// per-row seeds and offsets, log-probs); semantics in Note [Sampler semantics] and
+// Note [Per-row noise keys] (csrc/cpu/sample_kernels.h). A new op rather than new
+// arguments on `sample`: `sample`'s schema, its CUDA kernel and its C++ API stay as they
+// are, and the Python `sample` routes here only when a sampler argument is used, so the
+// default call is today's op, bit for bit.
+//
+// Per-row tensors arrive flattened to [rows] (row r = o * inner + i, the noise's row
+// order), contiguous: float64 for temperature / top_p / min_p, int64 for top_k, seeds,
+// offsets. Returns (indices, logprobs); logprobs is float32 in the indices' shape, or
+// empty when not requested.
+#include <torch/library.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/DistributionsHelper.h>
+
+#include <mutex>
+
+#include "cpu/kernels.h"
+#include "op_common.h"
+
+namespace gumbel_ext {
+namespace {
+
+const double* rows_f64(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& logits,
+                       int64_t rows) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK_VALUE(t->scalar_type() == at::kDouble && t->numel() == rows && t->is_contiguous() &&
+                        t->device() == logits.device(),
+                    "gumbel_ext.sample: ", name, " must be a contiguous float64 tensor with one value per row (",
+                    rows, ") on ", logits.device(), ", got ", t->scalar_type(), " of shape ", t->sizes(), " on ",
+                    t->device());
+  return t->const_data_ptr<double>();
+}
+
+const int64_t* rows_i64(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& logits,
+                        int64_t rows) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK_VALUE(t->scalar_type() == at::kLong && t->numel() == rows && t->is_contiguous() &&
+                        t->device() == logits.device(),
+                    "gumbel_ext.sample: ", name, " must be a contiguous int64 tensor with one value per row (",
+                    rows, ") on ", logits.device(), ", got ", t->scalar_type(), " of shape ", t->sizes(), " on ",
+                    t->device());
+  return t->const_data_ptr<int64_t>();
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_filtered_cpu(
+    const at::Tensor& logits, int64_t num_samples, int64_t dim, double temperature,
+    const std::optional<at::Tensor>& temperature_rows, int64_t top_k, const std::optional<at::Tensor>& top_k_rows,
+    double top_p, const std::optional<at::Tensor>& top_p_rows, double min_p,
+    const std::optional<at::Tensor>& min_p_rows, const std::optional<at::Tensor>& seeds,
+    const std::optional<at::Tensor>& offsets, bool return_logprobs, std::optional<at::Generator> generator) {
+  check_logits(logits);
+  check_dim(logits, dim);
+  check_generator_device(generator, logits);
+  TORCH_CHECK_VALUE(seeds.has_value() == offsets.has_value(),
+                    "gumbel_ext.sample: seeds and offsets go together (the wrapper defaults offsets to 0)");
+  TORCH_CHECK_VALUE(!(seeds.has_value() && generator.has_value() && generator->defined()),
+                    "gumbel_ext.sample: pass seeds/offsets or a generator, not both");
+  const RowLayout layout = row_layout(logits, dim);
+  const auto shape = sample_shape(logits, dim, num_samples);
+  const auto lp_options = logits.options().dtype(at::kFloat);
+  if (layout.rows() == 0) {
+    return {at::empty(shape, logits.options().dtype(at::kLong)),
+            return_logprobs ? at::empty(shape, lp_options) : at::empty({0}, lp_options)};
+  }
+  check_num_samples(logits, num_samples, layout);
+  cpu::SampleArgs a{};
+  a.dtype = logits.scalar_type();
+  a.rows = layout.rows();
+  a.length = layout.length;
+  a.num_samples = num_samples;
+  a.temperature = temperature;
+  a.top_k = top_k;
+  a.top_p = top_p;
+  a.min_p = min_p;
+  a.temperature_rows = rows_f64(temperature_rows, "temperature", logits, a.rows);
+  a.top_p_rows = rows_f64(top_p_rows, "top_p", logits, a.rows);
+  a.min_p_rows = rows_f64(min_p_rows, "min_p", logits, a.rows);
+  a.top_k_rows = rows_i64(top_k_rows, "top_k", logits, a.rows);
+  a.seeds = rows_i64(seeds, "seeds", logits, a.rows);
+  a.offsets = rows_i64(offsets, "offsets", logits, a.rows);
+  if (!a.seeds) {
+    // One fresh key from the generator, as sample() draws it (csrc/ops.cpp).
+    auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    a.seed = gen->random64();
+  }
+  // Rows along the last dim, contiguous: the kernel walks rows only.
+  const at::Tensor rows = logits.dim() == 0 ? logits.reshape({1, 1})
+                                            : logits.movedim(c10::maybe_wrap_dim(dim, logits.dim()), -1)
+                                                  .contiguous()
+                                                  .view({a.rows, a.length});
+  at::Tensor idx = at::empty({a.rows, num_samples}, logits.options().dtype(at::kLong));
+  at::Tensor lp = return_logprobs ? at::empty({a.rows, num_samples}, lp_options) : at::empty({0}, lp_options);
+  cpu::sample_filtered(a, rows.const_data_ptr(), idx.mutable_data_ptr<int64_t>(),
+                       return_logprobs ? lp.mutable_data_ptr<float>() : nullptr);
+  return {sample_from_rows(idx, logits, dim, layout, num_samples),
+          return_logprobs ? sample_from_rows(lp, logits, dim, layout, num_samples) : lp};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gumbel_ext, m) {
+  m.def("sample_filtered(Tensor logits, int num_samples, int dim, float temperature, Tensor? temperature_rows, "
+        "int top_k, Tensor? top_k_rows, float top_p, Tensor? top_p_rows, float min_p, Tensor? min_p_rows, "
+        "Tensor? seeds, Tensor? offsets, bool return_logprobs, Generator? generator=None) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+}
+
+TORCH_LIBRARY_IMPL(gumbel_ext, CPU, m) {
+  m.impl("sample_filtered", &sample_filtered_cpu);
+}
+
+}  // namespace gumbel_ext
