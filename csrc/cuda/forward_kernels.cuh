@@ -17,7 +17,7 @@ __device__ __forceinline__ void one_hot_chunk(int64_t c0, int64_t arg, bool fini
 
 // ------------------------------------------------------------------- warp per row
 template <typename scalar_t, int kLog2Chunks>
-__global__ void __launch_bounds__(kWarpRowThreads)
+__global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
     warp_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int length, bool aligned, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
         for (int i = 0; i < V; ++i) x[j][i] = neg_inf<acc_t>();
       }
     }
-    if (args.mode == Mode::kSoft) {
+    if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
       const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
       const acc_t inv_sum = softmax_registers<W>(x, inv_tau);
       if (!valid) continue;
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
       }
     best = warp_allreduce<W>(best, ArgMaxOp());
     if (!valid) continue;
-    if (args.mode == Mode::kIndex) {
+    if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
       if (lw == 0) args.indices[r] = best.i;
       continue;
     }
@@ -94,6 +94,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kMaxBlockThreads)
     block_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int64_t length, bool aligned,
                          bool keep_x, Rng rng) {
+  keep_x = GUMBEL_RUNTIME(keep_x, GUMBEL_EXT_SASS_KEEP != 0);
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
   __shared__ __align__(16) unsigned char scratch[kScratchBytes];
@@ -103,7 +104,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   const int64_t chunks = ceil_div(length, V);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = args.logits + r * length;
-    if (args.mode == Mode::kSoft) {
+    if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
       const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
       const SoftRow<acc_t> soft(
           block_stats<V>(row, length, aligned, seed, offset, r, inv_tau, xs, scratch), inv_tau);
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       }
     }
     best = block_allreduce(best, ArgMaxOp(), argmax_identity<acc_t>(), scratch);
-    if (args.mode == Mode::kIndex) {
+    if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
       if (threadIdx.x == 0) args.indices[r] = best.i;
       continue;
     }
@@ -175,7 +176,7 @@ __global__ void __launch_bounds__(kSpatialThreads)
       const int64_t r = o * inner + i;
       const int64_t start = o * length * inner + i;
       const scalar_t* row = args.logits + (valid ? start : 0);
-      if (args.mode == Mode::kSoft) {
+      if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
         const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
         const SoftRow<acc_t> soft(
             spatial_stats(row, inner, length, valid, seed, offset, r, inv_tau, scratch), inv_tau);
@@ -202,7 +203,7 @@ __global__ void __launch_bounds__(kSpatialThreads)
       }
       best = column_allreduce(best, ArgMaxOp(), scratch);
       if (!valid) continue;
-      if (args.mode == Mode::kIndex) {
+      if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
         if (threadIdx.y == 0) args.indices[r] = best.i;
         continue;
       }

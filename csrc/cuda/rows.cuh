@@ -12,6 +12,12 @@ namespace cuda {
 
 // Threads per block of the warp-per-row kernels.
 constexpr int kWarpRowThreads = 128;
+// Blocks per SM the warp-per-row forward kernels are compiled for: 4096 x 1000 (1024
+// blocks of four rows) is one wave on a 132-SM GPU, and the register cap it implies (64)
+// is given explicitly -- left to itself, ptxas picked 32 registers for the bf16 rows of
+// 32 chunks and spilled. The backward keeps the plain bound: its rows hold y and grad in
+// registers and spill under 64.
+constexpr int kWarpRowBlocksPerSM = 8;
 // Rows up to this length are held in registers, one warp (or part of one) per row.
 constexpr int kMaxWarpRow = 1024;
 // Rows one kWarpRowThreads block of the warp-per-row kernels covers when a row has 2^L
@@ -80,7 +86,7 @@ __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict_
                                                      int64_t length, bool aligned, uint64_t seed,
                                                      uint64_t offset, uint64_t r, acc_t inv_tau,
                                                      acc_t* xs, void* scratch) {
-  constexpr int U = kChunksInFlight;
+  constexpr int U = stats_chunks_in_flight<acc_t>();
   const int64_t chunks = ceil_div(length, V);
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
   // Chunks k = t, t + T, t + 2T, ... in this order (U at a time).
