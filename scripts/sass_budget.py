@@ -122,7 +122,7 @@ def disassemble(cuobjdump: str, cubin: Path) -> Dict[str, List[Tuple[int, str, s
     return functions
 
 
-def innermost_loops(code: List[Tuple[int, str, str]]) -> List[List[Tuple[int, str, str]]]:
+def innermost_loops(code: List[Tuple[int, str, str]], memory_only: bool = True) -> List[List[Tuple[int, str, str]]]:
     """Bodies [target, backward branch] of the loops that contain no other loop, that
     touch global memory (the per-element loops, not a reduction tree) and are not the
     trailing `BRA self` of the function."""
@@ -142,7 +142,7 @@ def innermost_loops(code: List[Tuple[int, str, str]]) -> List[List[Tuple[int, st
     bodies = []
     for s, e in inner:
         body = code[s:e + 1]
-        if e - s < 4 or not any(op.startswith(("LDG", "STG")) for _, op, _ in body):
+        if e - s < 4 or (memory_only and not any(op.startswith(("LDG", "STG")) for _, op, _ in body)):
             continue
         bodies.append(body)
     return bodies
@@ -154,7 +154,7 @@ def count(functions, fragment: str, per_iter: Dict[str, int]) -> Tuple[float, Li
         raise RuntimeError(f"no kernel matching {fragment!r} in the probe")
     total = 0.0
     parts = []
-    for body in innermost_loops(functions[name]):
+    for body in innermost_loops(functions[name], memory_only=fragment != "noise_probe"):
         ops = [op for _, op, _ in body]
         has_load = any(op.startswith("LDG") for op in ops)
         # A loop that only stores (the one-hot writer) handles per_iter["STG"] elements.

@@ -12,12 +12,11 @@ namespace cuda {
 
 // Threads per block of the warp-per-row kernels.
 constexpr int kWarpRowThreads = 128;
-// Blocks per SM the warp-per-row forward kernels are compiled for: 4096 x 1000 (1024
-// blocks of four rows) is one wave on a 132-SM GPU, and the register cap it implies (64)
-// is given explicitly -- left to itself, ptxas picked 32 registers for the bf16 rows of
-// 32 chunks and spilled. The backward keeps the plain bound: its rows hold y and grad in
-// registers and spill under 64.
-constexpr int kWarpRowBlocksPerSM = 8;
+// Blocks per SM the warp-per-row forward kernels are compiled for, which gives ptxas an
+// explicit register cap (128): left to itself it picked 32 registers for the bf16 rows of
+// 32 chunks and spilled; with 8 (one wave at 4096 x 1000, cap 64) rows of 1024 spill.
+// The backward keeps the plain bound: its rows hold y and grad in registers.
+constexpr int kWarpRowBlocksPerSM = 4;
 // Rows up to this length are held in registers, one warp (or part of one) per row.
 constexpr int kMaxWarpRow = 1024;
 // Rows one kWarpRowThreads block of the warp-per-row kernels covers when a row has 2^L
