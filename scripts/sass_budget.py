@@ -59,9 +59,25 @@ PROBES: Dict[str, Probe] = {
     "hard bwd, block/row, on chip (8192x32000)": (1, "block_backward_kernel", 1, [16, 4], 12, 62),
     "hard bwd, block/row, regenerated (64x128256)": (1, "block_backward_kernel", 0, [16, 4], 12, 62),
 }
-# Counts above their issue-#11 budget today, with the ceiling CI holds them under until
-# the kernel restructuring lands (see the README's table for why).
-KNOWN_OVER: Dict[str, float] = {}
+# Counts above their issue-#11 budget today, with the ceiling CI holds them under (the
+# count after the one-noise-algorithm change, plus 10% for compiler drift) until the
+# kernel restructuring of issue #11 lands; see the README's table for why.
+KNOWN_OVER: Dict[str, float] = {
+    "noise (one draw)": 59,
+    "soft fwd, warp/row (4096x1000)": 93,
+    "soft fwd, block/row, x on chip (8192x32000)": 208,
+    "soft fwd, block/row, regenerated (64x128256)": 198,
+    "soft fwd, spatial": 230,
+    "hard fwd, warp/row (4096x1000)": 94,
+    "hard fwd, block/row (64x128256)": 103,
+    "hard fwd, spatial": 106,
+    "sample, warp/row (4096x1000)": 89,
+    "sample, block/row (64x128256)": 94,
+    "soft bwd, block/row, on chip (8192x32000)": 47,
+    "hard bwd, warp/row (4096x1000)": 106,
+    "hard bwd, block/row, on chip (8192x32000)": 330,
+    "hard bwd, block/row, regenerated (64x128256)": 295,
+}
 
 INSTRUCTION = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*?);")
 FUNCTION = re.compile(r"^\s+Function : (\S+)")
