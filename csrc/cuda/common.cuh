@@ -147,8 +147,8 @@ __device__ __forceinline__ void perturbed_chunk(const scalar_t* __restrict__ row
 // Chunks a block-per-row thread loads before computing any noise: enough 16-byte loads
 // in flight per SM to cover the memory latency with 1024-thread blocks.
 constexpr int kChunksInFlight = 4;
-// The block statistics pass holds this many: half for double, whose chunks take twice the
-// registers (with four, the double backward spilled under the 64-register cap of
+// The block-per-row passes hold this many: half for double, whose chunks take twice the
+// registers (with four, the double kernels spilled under the 64-register cap of
 // 1024-thread blocks).
 template <typename acc_t>
 constexpr int stats_chunks_in_flight() {

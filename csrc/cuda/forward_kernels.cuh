@@ -102,6 +102,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   uint64_t seed, offset;
   seed_offset(rng, seed, offset);
   const int64_t chunks = ceil_div(length, V);
+  constexpr int kU = stats_chunks_in_flight<acc_t>();  // chunks per thread in flight
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = args.logits + r * length;
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
@@ -109,20 +110,20 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       const SoftRow<acc_t> soft(
           block_stats<V>(row, length, aligned, seed, offset, r, inv_tau, xs, scratch), inv_tau);
       scalar_t* out = args.out + r * length;
-      for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kChunksInFlight * int64_t{blockDim.x}) {
-        acc_t x[kChunksInFlight][V];
+      for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
+        acc_t x[kU][V];
         if (xs != nullptr) {
 #pragma unroll
-          for (int u = 0; u < kChunksInFlight; ++u) {
+          for (int u = 0; u < kU; ++u) {
             const int64_t k = k0 + u * int64_t{blockDim.x};
 #pragma unroll
             for (int i = 0; i < V; ++i) x[u][i] = k < chunks ? xs[i * chunks + k] : acc_t(0);
           }
         } else {
-          perturbed_chunks<kChunksInFlight>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+          perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
         }
 #pragma unroll
-        for (int u = 0; u < kChunksInFlight; ++u) {
+        for (int u = 0; u < kU; ++u) {
           const int64_t k = k0 + u * int64_t{blockDim.x};
           if (k >= chunks) break;
 #pragma unroll
@@ -133,11 +134,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       continue;
     }
     ArgMax<acc_t> best = argmax_identity<acc_t>();
-    for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kChunksInFlight * int64_t{blockDim.x}) {
-      acc_t x[kChunksInFlight][V];
-      perturbed_chunks<kChunksInFlight>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+    for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
+      acc_t x[kU][V];
+      perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
 #pragma unroll
-      for (int u = 0; u < kChunksInFlight; ++u) {
+      for (int u = 0; u < kU; ++u) {
         const int64_t c0 = (k0 + u * int64_t{blockDim.x}) * V;
 #pragma unroll
         for (int i = 0; i < V; ++i)
