@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   uint64_t seed, offset;
   seed_offset(rng, seed, offset);
   const int64_t chunks = ceil_div(length, V);
-  constexpr int kU = stats_chunks_in_flight<acc_t>();  // chunks per thread in flight
+  constexpr int kU = chunks_in_flight<acc_t, V>();  // chunks per thread in flight
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = args.logits + r * length;
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {

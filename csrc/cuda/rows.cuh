@@ -85,7 +85,7 @@ __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict_
                                                      int64_t length, bool aligned, uint64_t seed,
                                                      uint64_t offset, uint64_t r, acc_t inv_tau,
                                                      acc_t* xs, void* scratch) {
-  constexpr int U = stats_chunks_in_flight<acc_t>();
+  constexpr int U = chunks_in_flight<acc_t, V>();
   const int64_t chunks = ceil_div(length, V);
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
   // Chunks k = t, t + T, t + 2T, ... in this order (U at a time).
