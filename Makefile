@@ -28,9 +28,11 @@ test-slow: build
 ctest: deps
 	$(PYTHON) scripts/cmake_build.py
 
-# nvcc compiles every .cu translation unit for sm_80 and sm_90 (no GPU needed).
+# nvcc compiles every .cu translation unit for sm_80 and sm_90 (no GPU needed), then the
+# SASS instruction budget per element (scripts/sass_budget.py) is read from sm_90 code.
 cuda-check: deps
 	$(PYTHON) scripts/check_cuda_compile.py
+	$(PYTHON) scripts/sass_budget.py
 
 # sdist + wheel (reusing build's objects), twine check, the sdist's contents, and the wheel
 # in a fresh venv holding only torch (scripts/dist_check.py).

@@ -24,8 +24,9 @@
 // and one fused multiply-add on SIMD lanes.
 #pragma once
 
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define GUMBEL_HD __host__ __device__ __forceinline__
@@ -56,10 +57,32 @@ struct Philox4T {
 };
 using Philox4 = Philox4T<uint32_t>;
 
+// Note [Bit-identical noise]
+// Every copy of the draw -- scalar host code, the SIMD lanes of csrc/cpu/vec_lanes.h,
+// CUDA and the host emulation of the CUDA kernels -- computes the same float32 bits:
+//   - Philox is integer arithmetic. CUDA takes the high word from __umulhi (one IMAD.HI;
+//     a 64-bit product costs a widened multiply and moves), the host from a 64-bit
+//     product: the same bits.
+//   - The uniform is exact in every step (Note [Uniform in (0, 1)]).
+//   - Both logs are neg_log_positive() below: integer steps, a 16-entry table, and float
+//     steps that are each one correctly rounded operation. Every multiply-add is an
+//     explicit fma (__fmaf_rn on the device, std::fma on the host: a vfmadd where the
+//     copy is compiled with -mfma, glibc's correctly rounded fma otherwise), and no
+//     product feeds an addition anywhere else, so neither nvcc's default --fmad=true nor
+//     GCC's -ffp-contract=fast (GNU mode) has anything left to contract. Device code
+//     spells the lone multiply and add as __fmul_rn / __fadd_rn, which nvcc never fuses.
+// No libm call remains, so the bits do not depend on the host's libm or CUDA's logf.
+// tests/test_noise.py compares the bits of every CPU copy with the emulated CUDA code and
+// bounds the accuracy over all 2^23 uniforms.
 GUMBEL_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+#if defined(__CUDA_ARCH__)
+  hi = __umulhi(a, b);
+  lo = a * b;
+#else
   const uint64_t p = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
   hi = static_cast<uint32_t>(p >> 32);
   lo = static_cast<uint32_t>(p);
+#endif
 }
 
 // Exact for v < 2^24, the only values the uniform transform converts.
@@ -67,10 +90,126 @@ GUMBEL_HD float lane_to_float(uint32_t v) {
   return static_cast<float>(v);
 }
 
-// -log(x): the transform only ever negates its logs, and SIMD lanes fold the sign into
-// the log's coefficients.
+GUMBEL_HD float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+GUMBEL_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+GUMBEL_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+GUMBEL_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint32_t>(__float_as_int(x));
+#else
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+
+GUMBEL_HD float bits_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(static_cast<int>(b));
+#else
+  float x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+#endif
+}
+
+// Note [Noise log]
+// neg_log_positive(x) = -log(x) for a positive normal float x; the transform's inputs are
+// u in [2^-24, 1 - 2^-24] and -log(u) in [5.9e-8, 16.7], and it only ever negates its
+// logs, so the sign is folded into the coefficients. x = 2^k z with z in [0.699, 1.398)
+// split into 16 intervals of equal width; log z = log c + log1p(z / c - 1) with 1/c and
+// log c from a 16-entry table and a degree-5 Taylor polynomial (|z / c - 1| < 0.031, the
+// first dropped term is below 0.1 ulp). The interval around 1 has c = 1 exactly, so
+// log stays accurate relative to its result near x = 1, where -log(u) is tiny. At most
+// 1.8 ulp from the exact log; the composition -log(-log u) is bounded in
+// tests/test_noise.py. No special cases: the inputs are never 0, negative, denormal,
+// infinite or NaN.
+//
+// Interval i covers float bits [0x3f330000 + (i << 19), 0x3f330000 + ((i + 1) << 19));
+// c is its midpoint (1.0 for i = 9), 1/c is rounded to float, -log c is computed in
+// double and rounded to float. One list, expanded into the host's two arrays (SIMD
+// permutes read them) and the device's array of pairs (one 8-byte load).
+#define GUMBEL_NEG_LOG_TABLE(X)                                                            \
+  X(0x1.661ec6p+0f, 0x1.57bf74p-2f) X(0x1.571ed4p+0f, 0x1.2bef08p-2f)                      \
+  X(0x1.49539ep+0f, 0x1.01eae4p-2f) X(0x1.3c995ap+0f, 0x1.b31d84p-3f)                      \
+  X(0x1.30d19p+0f, 0x1.6574ecp-3f) X(0x1.25e228p+0f, 0x1.1aa2bep-3f)                       \
+  X(0x1.1bb4a4p+0f, 0x1.a4e764p-4f) X(0x1.12358ep+0f, 0x1.1973b6p-4f)                      \
+  X(0x1.0953f4p+0f, 0x1.252f4p-5f) X(1.0f, 0.0f)                                           \
+  X(0x1.e573acp-1f, -0x1.b42dep-5f) X(0x1.ca4b3p-1f, -0x1.c5e54cp-4f)                      \
+  X(0x1.b20364p-1f, -0x1.526e5ep-3f) X(0x1.9c2d14p-1f, -0x1.bc286cp-3f)                    \
+  X(0x1.886e6p-1f, -0x1.1058bep-2f) X(0x1.767dcep-1f, -0x1.40430ap-2f)
+#define GUMBEL_FIRST_(a, b) a,
+#define GUMBEL_SECOND_(a, b) b,
+#define GUMBEL_PAIR_(a, b) {a, b},
+
+alignas(64) constexpr float kNegLogInvC[16] = {GUMBEL_NEG_LOG_TABLE(GUMBEL_FIRST_)};
+alignas(64) constexpr float kNegLogC[16] = {GUMBEL_NEG_LOG_TABLE(GUMBEL_SECOND_)};  // -log c
+constexpr uint32_t kNegLogOffset = 0x3f330000u;  // the bits of the first interval's start
+constexpr float kNegLogLn2 = -0x1.62e43p-1f;      // -log 2
+// The Taylor coefficients of -log1p(r) = -r + r^2 / 2 - r^3 / 3 + r^4 / 4 - r^5 / 5 in
+// rn = -r: rn + rn^2 (1/2 + rn (1/3 + rn (1/4 + rn / 5))).
+constexpr float kNegLogP5 = 0.2f, kNegLogP4 = 0.25f, kNegLogP3 = 1.0f / 3.0f, kNegLogP2 = 0.5f;
+
+#if defined(__CUDACC__)
+__device__ const float2 kNegLogTableDevice[16] = {GUMBEL_NEG_LOG_TABLE(GUMBEL_PAIR_)};
+#endif
+#undef GUMBEL_FIRST_
+#undef GUMBEL_SECOND_
+#undef GUMBEL_PAIR_
+
+// The integer steps shared by every copy: table index i, exponent k (as float, exact) and
+// the reduced argument z (see Note [Noise log]).
+GUMBEL_HD void neg_log_reduce(float x, uint32_t& i, float& k, float& z) {
+  const uint32_t ix = float_bits(x);
+  const uint32_t tmp = ix - kNegLogOffset;
+  i = (tmp >> 19) & 15u;
+  k = static_cast<float>(static_cast<int32_t>(tmp) >> 23);  // arithmetic shift
+  z = bits_float(ix - (tmp & 0xff800000u));
+}
+
+GUMBEL_HD float neg_log_positive(float x) {
+  uint32_t i;
+  float k, z;
+  neg_log_reduce(x, i, k, z);
+#if defined(__CUDA_ARCH__)
+  const float2 e = __ldg(kNegLogTableDevice + i);  // read-only path, one 8-byte load
+  const float inv_c = e.x, neg_log_c = e.y;
+#else
+  const float inv_c = kNegLogInvC[i], neg_log_c = kNegLogC[i];
+#endif
+  const float rn = fma_rn(-z, inv_c, 1.0f);  // -(z / c - 1)
+  const float neg_y0 = fma_rn(k, kNegLogLn2, neg_log_c);
+  const float r2 = mul_rn(rn, rn);
+  float p = fma_rn(kNegLogP5, rn, kNegLogP4);
+  p = fma_rn(p, rn, kNegLogP3);
+  p = fma_rn(p, rn, kNegLogP2);
+  return add_rn(fma_rn(p, r2, rn), neg_y0);
+}
+
+// -log(x): the transform only ever negates its logs.
 GUMBEL_HD float lane_neg_log(float x) {
-  return -::logf(x);
+  return neg_log_positive(x);
 }
 
 // The key of round i (Random123 / curand schedule): the seed's halves, bumped by W0 and

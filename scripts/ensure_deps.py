@@ -9,6 +9,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 TORCH = "torch==2.13.0"
 # import name -> pip requirement
@@ -29,6 +30,23 @@ PACKAGES = {
 
 # build tools -> pip requirement (the PyPI wheels ship the binaries)
 TOOLS = {"cmake": "cmake", "ninja": "ninja"}
+# CUDA binary utilities for scripts/sass_budget.py, only where nvcc is (module -> wheel).
+CUDA_TOOLS = {"cuobjdump": "nvidia-cuda-cuobjdump", "nvdisasm": "nvidia-cuda-nvdisasm"}
+
+
+def missing_cuda_tools():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import check_cuda_compile
+    import sass_budget
+
+    if check_cuda_compile.find_nvcc() is None:
+        return []
+    need = []
+    if sass_budget.find_cuobjdump() is None:
+        need.append(CUDA_TOOLS["cuobjdump"])
+    if shutil.which("nvdisasm") is None and sass_budget.find_tool("nvdisasm") is None:
+        need.append(CUDA_TOOLS["nvdisasm"])
+    return need
 
 
 def missing(names):
@@ -45,6 +63,7 @@ def main() -> int:
         pip_install([TORCH])
     need = [PACKAGES[n] for n in missing(PACKAGES)]
     need += [req for tool, req in TOOLS.items() if shutil.which(tool) is None]
+    need += missing_cuda_tools()
     if need:
         try:
             pip_install(need)

@@ -39,8 +39,8 @@ def bits_of(capability, entries):
         ops._set_cpu_capability(previous)
 
 
-def libm_bits(e):
-    value = G.libm_noise(e["seed"], e["offset"], e["row"], e["column"])
+def model_bits(e):
+    value = G.model_noise(e["seed"], e["offset"], e["row"], e["column"], gumbel_ext.NOISE_VERSION)
     if value is None:
         sys.exit("regenerate_golden_noise: no libm to evaluate the unreachable entries with")
     return G.to_bits(value)
@@ -63,10 +63,10 @@ def main() -> int:
         sys.exit("regenerate_golden_noise: the AVX-512 copy's bits differ from the AVX2 copy's; "
                  "the table's simd_bits column assumes one vector algorithm (give each its own column)")
     for e, d, s in zip(entries, default_bits, simd_bits):
-        if d and d != libm_bits(e):
-            sys.exit(f"regenerate_golden_noise: the DEFAULT copy no longer computes -logf(-logf(u)) at {e}; "
-                     "update golden_noise.libm_noise, which stands in for it on unreachable rows")
-        e.update(default_bits=d or libm_bits(e), simd_bits=s)
+        if d and d != model_bits(e):
+            sys.exit(f"regenerate_golden_noise: the DEFAULT copy no longer computes golden_noise.model_noise at {e}; "
+                     "update it, which stands in for the copy on unreachable rows")
+        e.update(default_bits=d or model_bits(e), simd_bits=s)
 
     version = gumbel_ext.NOISE_VERSION
     text = G.format_table(version, entries)

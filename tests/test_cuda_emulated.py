@@ -5,9 +5,9 @@ This runs the very code of csrc/cuda/*_kernels.cuh -- every strategy, dtype and 
 shared-memory variants, grid-stride loops, special values, the three rng sources --
 on machines without a GPU. It checks the kernels' logic: indexing, reductions, tie and
 NaN rules, and that a hard backward regenerates y_soft bit for bit. It cannot check GPU
-timing, the memory model or the device libm (host expf/logf are used, which is why the
-noise and the one-hots must equal the CPU kernels' exactly). tests/test_cuda.py runs the
-real thing on a GPU.
+timing, the memory model or the device expf (the host's is used). The noise uses no libm
+(Note [Bit-identical noise] in csrc/gumbel_noise.h), so the noise and the one-hots must
+equal the CPU kernels' exactly. tests/test_cuda.py runs the real thing on a GPU.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def _cuda_include() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def _cpu_default_copy():
-    """The emulator runs the kernels with the host's libm logf/expf, as the CPU kernels'
-    DEFAULT copy does (the AVX copies use inline log/exp within 2 ulp, see
-    csrc/cpu/vec_math.h): compare against that copy so bitwise checks stay bitwise."""
+    """The emulator runs the soft kernels with the host's libm expf, as the CPU kernels'
+    DEFAULT copy does (the AVX copies use an inline exp within 2 ulp, see
+    csrc/cpu/vec_math.h): compare against that copy so bitwise checks stay bitwise. The
+    noise is bitwise the same in every copy (tests/test_noise.py)."""
     before = ops._cpu_capability()
     ops._set_cpu_capability("default")
     yield
@@ -116,6 +117,8 @@ class Emulator:
         lib.emu_noise.argtypes = [vp, i64, i64, i64, vp, i64]
         lib.emu_keys.argtypes = [i32, vp, vp, vp, i64, i64, i64, i64, i64, vp, i64]
         lib.emu_gather.argtypes = [vp, vp, i64, i64, i64, i64]
+        lib.emu_noise_at.argtypes = [ctypes.c_uint64, ctypes.c_uint64, vp, vp, i64, vp]
+        lib.emu_neg_log.argtypes = [vp, vp, i64]
 
     def forward(self, x, tau, mode, dim, state, tau_rows=None, rng_kind=0, intragraph=0,
                 smem=BIG_SMEM, grid_cap=3, out=None):
@@ -149,6 +152,18 @@ class Emulator:
         out = torch.full(shape, math.nan, dtype=torch.float32)
         rng = state.clone()
         assert self.lib.emu_noise(_p(out), *layout(tuple(shape), dim), _p(rng), grid_cap) == 0
+        return out
+
+    def noise_at(self, seed, offset, rows, cols):
+        """gumbel_noise(seed, offset, row, col) of the device code for int64 tensors."""
+        rows, cols = (t.contiguous() for t in torch.broadcast_tensors(rows, cols))
+        out = torch.empty(rows.shape, dtype=torch.float32)
+        self.lib.emu_noise_at(seed & (2**64 - 1), offset & (2**64 - 1), _p(rows), _p(cols), rows.numel(), _p(out))
+        return out
+
+    def neg_log(self, x):
+        out = torch.empty_like(x)
+        self.lib.emu_neg_log(_p(x), _p(out), x.numel())
         return out
 
     def topk(self, x, k, dim, state, batch=None):

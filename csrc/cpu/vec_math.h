@@ -7,17 +7,14 @@
 // spills the live vector registers, and its 1-ulp logf uses double-float arithmetic.
 // These inline versions cover exactly the domains the kernels use, with no special
 // cases outside them, and measured 15-25% faster end to end:
-//   neg_log_positive(x) = -log(x) for a positive normal float x (the transform's u in
-//     [2^-24, 1 - 2^-24] and -log(u) in [5.9e-8, 16.7]; it only ever negates its logs,
-//     so the sign is folded into the coefficients): x = 2^k z, z in [0.699, 1.398) split
-//     into 16 intervals; log z = log c + log1p(z / c - 1) with 1/c and log c from a
-//     16-entry table (one vpermps each) and a degree-5 polynomial (|z / c - 1| < 0.031);
-//     the interval around 1 has c = 1, so log stays accurate relative to its result near
-//     x = 1. At most 1.8 ulp from the exact log (tests/test_cpu_isa.py checks it).
+//   neg_log_positive(x) = -log(x): the lane copies of gumbel_noise.h's scalar
+//     neg_log_positive (Note [Noise log]), operation for operation -- the same table
+//     (one vpermps per lookup), the same fmas in the same order -- so every lane's bits
+//     equal the scalar, CUDA and emulated bits (Note [Bit-identical noise]).
 //   exp_nonpositive(x), x <= 0, -inf or NaN (the softmax's (x - max) / tau):
 //     2^n e^r with Cody-Waite reduction and Cephes expf's polynomial; -inf gives exactly 0,
 //     NaN stays NaN. At most 2 ulp; results below 2^-126 are 0 (see kExpMinNormal).
-// The DEFAULT copy uses at::vec's (std::log / std::exp per lane).
+// The DEFAULT copy runs the scalar neg_log_positive per lane and at::vec's exp.
 // Why not at::vec's SLEEF in the AVX copies, as our habits say: measured side by side
 // (benchmarks/cpu_targets.py, AVX-512, 2 threads, same run conditions), SLEEF with a
 // denormal guard made the fused forward 1.3-1.7x slower (4096x1000 bf16 2.7 -> 4.8 ms,
@@ -27,6 +24,8 @@
 
 #include <ATen/cpu/vec/vec.h>
 
+#include "../gumbel_noise.h"
+
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
@@ -35,21 +34,6 @@ namespace gumbel_ext {
 namespace cpu {
 namespace CPU_CAPABILITY {
 
-// 1/c and log c of the 16 intervals [0x3f330000 + (i << 19), 0x3f330000 + ((i + 1) << 19))
-// (as float bits): c is the interval's midpoint (1.0 for i = 9), 1/c rounded to float,
-// log c = -log(1/c) in double, rounded to float (stored negated). Constant-initialized
-// (no load-time code).
-alignas(64) constexpr float kLogInvC[16] = {
-    0x1.661ec6p+0f, 0x1.571ed4p+0f, 0x1.49539ep+0f, 0x1.3c995ap+0f, 0x1.30d19p+0f,  0x1.25e228p+0f,
-    0x1.1bb4a4p+0f, 0x1.12358ep+0f, 0x1.0953f4p+0f, 1.0f,           0x1.e573acp-1f, 0x1.ca4b3p-1f,
-    0x1.b20364p-1f, 0x1.9c2d14p-1f, 0x1.886e6p-1f,  0x1.767dcep-1f};
-alignas(64) constexpr float kLogNegLogC[16] = {  // -log c
-    0x1.57bf74p-2f,  0x1.2bef08p-2f,  0x1.01eae4p-2f,  0x1.b31d84p-3f,  0x1.6574ecp-3f, 0x1.1aa2bep-3f,
-    0x1.a4e764p-4f,  0x1.1973b6p-4f,  0x1.252f4p-5f,   0.0f,            -0x1.b42dep-5f, -0x1.c5e54cp-4f,
-    -0x1.526e5ep-3f, -0x1.bc286cp-3f, -0x1.1058bep-2f, -0x1.40430ap-2f};
-
-constexpr int kLogOffset = 0x3f330000;
-constexpr float kLn2 = 0x1.62e43p-1f;
 constexpr float kLn2Hi = 0x1.62e4p-1f;  // Cody-Waite: ln 2 = kLn2Hi + kLn2Lo, n * kLn2Hi exact
 constexpr float kLn2Lo = 0x1.7f7d1cp-20f;
 constexpr float kLog2e = 0x1.715476p+0f;
@@ -64,9 +48,9 @@ constexpr float kExpMinNormal = -87.33654f;
 // r (-1/4 + r / 5))) with every sign flipped, so the result is exactly its negation.
 inline __m512 neg_log1p_small(__m512 rn) {
   const __m512 r2 = _mm512_mul_ps(rn, rn);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.2f), rn, _mm512_set1_ps(0.25f));
-  p = _mm512_fmadd_ps(p, rn, _mm512_set1_ps(1.0f / 3.0f));
-  p = _mm512_fmadd_ps(p, rn, _mm512_set1_ps(0.5f));
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(kNegLogP5), rn, _mm512_set1_ps(kNegLogP4));
+  p = _mm512_fmadd_ps(p, rn, _mm512_set1_ps(kNegLogP3));
+  p = _mm512_fmadd_ps(p, rn, _mm512_set1_ps(kNegLogP2));
   return _mm512_fmadd_ps(p, r2, rn);
 }
 
@@ -74,14 +58,14 @@ inline __m512 neg_log1p_small(__m512 rn) {
 inline at::vec::Vectorized<float> neg_log_positive(const at::vec::Vectorized<float>& xv) {
   const __m512 x = xv;
   const __m512i ix = _mm512_castps_si512(x);
-  const __m512i tmp = _mm512_sub_epi32(ix, _mm512_set1_epi32(kLogOffset));
+  const __m512i tmp = _mm512_sub_epi32(ix, _mm512_set1_epi32(static_cast<int>(kNegLogOffset)));
   const __m512i i = _mm512_srli_epi32(tmp, 19);  // vpermps reads the low 4 bits
   const __m512 k = _mm512_cvtepi32_ps(_mm512_srai_epi32(tmp, 23));
-  const __m512 z = _mm512_castsi512_ps(_mm512_sub_epi32(ix, _mm512_and_si512(tmp, _mm512_set1_epi32(0xff800000))));
-  const __m512 invc = _mm512_permutexvar_ps(i, _mm512_load_ps(kLogInvC));
-  const __m512 neg_logc = _mm512_permutexvar_ps(i, _mm512_load_ps(kLogNegLogC));
+  const __m512 z = _mm512_castsi512_ps(_mm512_sub_epi32(ix, _mm512_and_si512(tmp, _mm512_set1_epi32(static_cast<int>(0xff800000u)))));
+  const __m512 invc = _mm512_permutexvar_ps(i, _mm512_load_ps(kNegLogInvC));
+  const __m512 neg_logc = _mm512_permutexvar_ps(i, _mm512_load_ps(kNegLogC));
   const __m512 rn = _mm512_fnmadd_ps(z, invc, _mm512_set1_ps(1.0f));  // -(z / c - 1)
-  const __m512 neg_y0 = _mm512_fmadd_ps(k, _mm512_set1_ps(-kLn2), neg_logc);
+  const __m512 neg_y0 = _mm512_fmadd_ps(k, _mm512_set1_ps(kNegLogLn2), neg_logc);
   return _mm512_add_ps(neg_log1p_small(rn), neg_y0);
 }
 
@@ -109,9 +93,9 @@ inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<floa
 
 inline __m256 neg_log1p_small(__m256 rn) {  // see the AVX-512 version
   const __m256 r2 = _mm256_mul_ps(rn, rn);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.2f), rn, _mm256_set1_ps(0.25f));
-  p = _mm256_fmadd_ps(p, rn, _mm256_set1_ps(1.0f / 3.0f));
-  p = _mm256_fmadd_ps(p, rn, _mm256_set1_ps(0.5f));
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kNegLogP5), rn, _mm256_set1_ps(kNegLogP4));
+  p = _mm256_fmadd_ps(p, rn, _mm256_set1_ps(kNegLogP3));
+  p = _mm256_fmadd_ps(p, rn, _mm256_set1_ps(kNegLogP2));
   return _mm256_fmadd_ps(p, r2, rn);
 }
 
@@ -124,14 +108,14 @@ inline __m256 lookup16(__m256i i, __m256 lo, __m256 hi) {
 inline at::vec::Vectorized<float> neg_log_positive(const at::vec::Vectorized<float>& xv) {
   const __m256 x = xv;
   const __m256i ix = _mm256_castps_si256(x);
-  const __m256i tmp = _mm256_sub_epi32(ix, _mm256_set1_epi32(kLogOffset));
+  const __m256i tmp = _mm256_sub_epi32(ix, _mm256_set1_epi32(static_cast<int>(kNegLogOffset)));
   const __m256i i = _mm256_srli_epi32(tmp, 19);
   const __m256 k = _mm256_cvtepi32_ps(_mm256_srai_epi32(tmp, 23));
-  const __m256 z = _mm256_castsi256_ps(_mm256_sub_epi32(ix, _mm256_and_si256(tmp, _mm256_set1_epi32(0xff800000))));
-  const __m256 invc = lookup16(i, _mm256_load_ps(kLogInvC), _mm256_load_ps(kLogInvC + 8));
-  const __m256 neg_logc = lookup16(i, _mm256_load_ps(kLogNegLogC), _mm256_load_ps(kLogNegLogC + 8));
+  const __m256 z = _mm256_castsi256_ps(_mm256_sub_epi32(ix, _mm256_and_si256(tmp, _mm256_set1_epi32(static_cast<int>(0xff800000u)))));
+  const __m256 invc = lookup16(i, _mm256_load_ps(kNegLogInvC), _mm256_load_ps(kNegLogInvC + 8));
+  const __m256 neg_logc = lookup16(i, _mm256_load_ps(kNegLogC), _mm256_load_ps(kNegLogC + 8));
   const __m256 rn = _mm256_fnmadd_ps(z, invc, _mm256_set1_ps(1.0f));
-  const __m256 neg_y0 = _mm256_fmadd_ps(k, _mm256_set1_ps(-kLn2), neg_logc);
+  const __m256 neg_y0 = _mm256_fmadd_ps(k, _mm256_set1_ps(kNegLogLn2), neg_logc);
   return _mm256_add_ps(neg_log1p_small(rn), neg_y0);
 }
 
@@ -158,8 +142,10 @@ inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<floa
 
 #else
 
+// The scalar neg_log_positive of gumbel_noise.h per lane: its fmas are calls to glibc's
+// correctly rounded fma (no -mfma in this copy), so the bits are the AVX copies'.
 inline at::vec::Vectorized<float> neg_log_positive(const at::vec::Vectorized<float>& x) {
-  return x.log().neg();
+  return x.map(gumbel_ext::neg_log_positive);
 }
 
 inline at::vec::Vectorized<float> exp_nonpositive(const at::vec::Vectorized<float>& x) {

@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
   constexpr int J = K / W;
   constexpr int R = kWarpSize / W;
   uint64_t seed = 0, offset = 0;
-  if (args.hard) seed_offset(rng, seed, offset);
+  if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) seed_offset(rng, seed, offset);
   const int lane = threadIdx.x % kWarpSize, lw = lane % W;
   const int64_t rows_per_block = int64_t{blockDim.x / kWarpSize} * R;
   const int64_t my_row = threadIdx.x / kWarpSize * R + lane / W;
@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
       const bool here = valid && c0 < length;
       if (here) {
         load_chunk<V>(args.grad + start, c0, length, aligned, g[j], acc_t(0));
-        if (args.hard) {
+        if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
           perturbed_chunk<V>(args.saved + start, c0, length, aligned, seed, offset, r, y[j]);
         } else {
           load_chunk<V>(args.saved + start, c0, length, aligned, y[j], acc_t(0));
@@ -58,11 +58,11 @@ __global__ void __launch_bounds__(kWarpRowThreads)
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           g[j][i] = acc_t(0);
-          y[j][i] = args.hard ? neg_inf<acc_t>() : acc_t(0);
+          y[j][i] = GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0) ? neg_inf<acc_t>() : acc_t(0);
         }
       }
     }
-    if (args.hard) {
+    if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
       const acc_t inv_sum = softmax_registers<W>(y, inv_tau);
 #pragma unroll
       for (int j = 0; j < J; ++j)
@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
       for (int i = 0; i < V; ++i) tau_sum += grad_element(y[j][i], g[j][i], dot, inv_tau, out[i]);
       if (valid && c0 < length) store_chunk<V>(args.grad_logits + start, c0, length, aligned, out);
     }
-    if (args.grad_tau != nullptr) {
+    if (GUMBEL_RUNTIME(args.grad_tau != nullptr, false)) {
       tau_sum = warp_allreduce<W>(tau_sum, SumOp());
       if (valid && lw == 0) args.grad_tau[r] = -inv_tau * tau_sum;
     }
@@ -102,6 +102,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kMaxBlockThreads)
     block_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int64_t length, bool aligned,
                           bool keep_y, bool keep_g, Rng rng) {
+  keep_y = GUMBEL_RUNTIME(keep_y, GUMBEL_EXT_SASS_KEEP != 0);
+  keep_g = GUMBEL_RUNTIME(keep_g, GUMBEL_EXT_SASS_KEEP != 0);
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
   __shared__ __align__(16) unsigned char scratch[kScratchBytes];
@@ -110,12 +112,12 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   scalar_t* gs = keep_g ? reinterpret_cast<scalar_t*>(dynamic_smem() + (keep_y ? chunks * V * sizeof(acc_t) : 0))
                         : nullptr;
   uint64_t seed = 0, offset = 0;
-  if (args.hard) seed_offset(rng, seed, offset);
+  if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) seed_offset(rng, seed, offset);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const int64_t start = r * length;
     const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
     MaxSum<acc_t> st = max_sum_identity<acc_t>();
-    if (args.hard) {
+    if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
       st = block_stats<V>(args.saved + start, length, aligned, seed, offset, r, inv_tau, ys, scratch);
     }
     const SoftRow<acc_t> soft(st, inv_tau);
@@ -126,7 +128,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
         for (int i = 0; i < V; ++i) y[i] = ys[i * chunks + k];
         return;
       }
-      if (!args.hard) {
+      if (!GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
         load_chunk<V>(args.saved + start, k * V, length, aligned, y, acc_t(0));
         return;
       }
@@ -169,7 +171,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       for (int i = 0; i < V; ++i) tau_sum += grad_element(y[i], g[i], dot, inv_tau, out[i]);
       store_chunk<V>(args.grad_logits + start, k * V, length, aligned, out);
     }
-    if (args.grad_tau != nullptr) {
+    if (GUMBEL_RUNTIME(args.grad_tau != nullptr, false)) {
       tau_sum = block_allreduce(tau_sum, SumOp(), acc_t(0), scratch);
       if (threadIdx.x == 0) args.grad_tau[r] = -inv_tau * tau_sum;
     }
@@ -183,7 +185,7 @@ __global__ void __launch_bounds__(kSpatialThreads)
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ __align__(16) unsigned char scratch[kScratchBytes];
   uint64_t seed = 0, offset = 0;
-  if (args.hard) seed_offset(rng, seed, offset);
+  if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) seed_offset(rng, seed, offset);
   const int64_t length = shape.length, inner = shape.inner;
   const int64_t quads = ceil_div(length, 4);
   for (int64_t o = blockIdx.y; o < shape.outer; o += gridDim.y) {
@@ -194,18 +196,18 @@ __global__ void __launch_bounds__(kSpatialThreads)
       const int64_t start = valid ? o * length * inner + i : 0;
       const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
       MaxSum<acc_t> st = max_sum_identity<acc_t>();
-      if (args.hard) {
+      if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
         st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, inv_tau, scratch);
       }
       const SoftRow<acc_t> soft(st, inv_tau);
       auto load = [&](int64_t q, acc_t (&y)[4], acc_t (&g)[4]) {
-        if (args.hard) perturbed_quad(args.saved + start, inner, q, length, seed, offset, r, y);
+        if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) perturbed_quad(args.saved + start, inner, q, length, seed, offset, r, y);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int64_t c = 4 * q + j;
           const bool real = c < length;
           g[j] = real ? static_cast<acc_t>(args.grad[start + c * inner]) : acc_t(0);
-          if (args.hard) {
+          if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
             y[j] = real ? as_stored<scalar_t>(soft(y[j])) : acc_t(0);
           } else {
             y[j] = real ? static_cast<acc_t>(args.saved[start + c * inner]) : acc_t(0);
@@ -234,7 +236,7 @@ __global__ void __launch_bounds__(kSpatialThreads)
           }
         }
       }
-      if (args.grad_tau != nullptr) {
+      if (GUMBEL_RUNTIME(args.grad_tau != nullptr, false)) {
         tau_sum = column_allreduce(tau_sum, SumOp(), scratch);
         if (valid && threadIdx.y == 0) args.grad_tau[r] = -inv_tau * tau_sum;
       }

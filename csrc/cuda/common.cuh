@@ -20,6 +20,17 @@
 namespace gumbel_ext {
 namespace cuda {
 
+// Note [SASS probe]
+// scripts/sass_budget.py counts the machine instructions of one mode's steady-state path.
+// It compiles the kernels with GUMBEL_EXT_SASS_PROBE defined, which fixes the runtime
+// choices below (mode, hard, tau gradient, alignment) so dead paths drop out of the code
+// it reads. The real build never defines it: GUMBEL_RUNTIME(value, fixed) is `value`.
+#if defined(GUMBEL_EXT_SASS_PROBE)
+#define GUMBEL_RUNTIME(value, fixed) (fixed)
+#else
+#define GUMBEL_RUNTIME(value, fixed) (value)
+#endif
+
 constexpr int kWarpSize = 32;
 constexpr int kMaxBlockThreads = 1024;
 // Grids are capped and kernels loop (grid-stride) past the cap.
@@ -83,7 +94,7 @@ template <int V, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_chunk(const scalar_t* __restrict__ row, int64_t c0,
                                            int64_t length, bool aligned, acc_t (&v)[V],
                                            acc_t fill) {
-  if (aligned) {
+  if (GUMBEL_RUNTIME(aligned, true)) {
     const Pack<scalar_t, V> p = *reinterpret_cast<const Pack<scalar_t, V>*>(row + c0);
 #pragma unroll
     for (int i = 0; i < V; ++i) v[i] = static_cast<acc_t>(p.v[i]);
@@ -96,7 +107,7 @@ __device__ __forceinline__ void load_chunk(const scalar_t* __restrict__ row, int
 template <int V, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void store_chunk(scalar_t* __restrict__ row, int64_t c0, int64_t length,
                                             bool aligned, const acc_t (&v)[V]) {
-  if (aligned) {
+  if (GUMBEL_RUNTIME(aligned, true)) {
     Pack<scalar_t, V> p;
 #pragma unroll
     for (int i = 0; i < V; ++i) p.v[i] = static_cast<scalar_t>(v[i]);
@@ -136,6 +147,13 @@ __device__ __forceinline__ void perturbed_chunk(const scalar_t* __restrict__ row
 // Chunks a block-per-row thread loads before computing any noise: enough 16-byte loads
 // in flight per SM to cover the memory latency with 1024-thread blocks.
 constexpr int kChunksInFlight = 4;
+// The block-per-row passes hold this many: half for chunks wider than 16 bytes of acc_t
+// (double, and the half types' 8-column chunks), which take twice the registers (with
+// four, those kernels spilled under the 64-register cap of 1024-thread blocks on sm_80).
+template <typename acc_t, int V>
+constexpr int chunks_in_flight() {
+  return sizeof(acc_t) * V > 16 ? kChunksInFlight / 2 : kChunksInFlight;
+}
 
 // perturbed_chunk for chunks k0 + u * stride, u < U (those < chunks; the others are all
 // -inf), with every load issued before the first Philox block.

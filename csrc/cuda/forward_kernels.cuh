@@ -17,7 +17,7 @@ __device__ __forceinline__ void one_hot_chunk(int64_t c0, int64_t arg, bool fini
 
 // ------------------------------------------------------------------- warp per row
 template <typename scalar_t, int kLog2Chunks>
-__global__ void __launch_bounds__(kWarpRowThreads)
+__global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
     warp_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int length, bool aligned, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
         for (int i = 0; i < V; ++i) x[j][i] = neg_inf<acc_t>();
       }
     }
-    if (args.mode == Mode::kSoft) {
+    if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
       const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
       const acc_t inv_sum = softmax_registers<W>(x, inv_tau);
       if (!valid) continue;
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kWarpRowThreads)
       }
     best = warp_allreduce<W>(best, ArgMaxOp());
     if (!valid) continue;
-    if (args.mode == Mode::kIndex) {
+    if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
       if (lw == 0) args.indices[r] = best.i;
       continue;
     }
@@ -94,6 +94,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kMaxBlockThreads)
     block_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int64_t length, bool aligned,
                          bool keep_x, Rng rng) {
+  keep_x = GUMBEL_RUNTIME(keep_x, GUMBEL_EXT_SASS_KEEP != 0);
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
   __shared__ __align__(16) unsigned char scratch[kScratchBytes];
@@ -101,27 +102,28 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   uint64_t seed, offset;
   seed_offset(rng, seed, offset);
   const int64_t chunks = ceil_div(length, V);
+  constexpr int kU = chunks_in_flight<acc_t, V>();  // chunks per thread in flight
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = args.logits + r * length;
-    if (args.mode == Mode::kSoft) {
+    if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
       const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
       const SoftRow<acc_t> soft(
           block_stats<V>(row, length, aligned, seed, offset, r, inv_tau, xs, scratch), inv_tau);
       scalar_t* out = args.out + r * length;
-      for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kChunksInFlight * int64_t{blockDim.x}) {
-        acc_t x[kChunksInFlight][V];
+      for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
+        acc_t x[kU][V];
         if (xs != nullptr) {
 #pragma unroll
-          for (int u = 0; u < kChunksInFlight; ++u) {
+          for (int u = 0; u < kU; ++u) {
             const int64_t k = k0 + u * int64_t{blockDim.x};
 #pragma unroll
             for (int i = 0; i < V; ++i) x[u][i] = k < chunks ? xs[i * chunks + k] : acc_t(0);
           }
         } else {
-          perturbed_chunks<kChunksInFlight>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+          perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
         }
 #pragma unroll
-        for (int u = 0; u < kChunksInFlight; ++u) {
+        for (int u = 0; u < kU; ++u) {
           const int64_t k = k0 + u * int64_t{blockDim.x};
           if (k >= chunks) break;
 #pragma unroll
@@ -132,11 +134,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       continue;
     }
     ArgMax<acc_t> best = argmax_identity<acc_t>();
-    for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kChunksInFlight * int64_t{blockDim.x}) {
-      acc_t x[kChunksInFlight][V];
-      perturbed_chunks<kChunksInFlight>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+    for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
+      acc_t x[kU][V];
+      perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
 #pragma unroll
-      for (int u = 0; u < kChunksInFlight; ++u) {
+      for (int u = 0; u < kU; ++u) {
         const int64_t c0 = (k0 + u * int64_t{blockDim.x}) * V;
 #pragma unroll
         for (int i = 0; i < V; ++i)
@@ -144,7 +146,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       }
     }
     best = block_allreduce(best, ArgMaxOp(), argmax_identity<acc_t>(), scratch);
-    if (args.mode == Mode::kIndex) {
+    if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
       if (threadIdx.x == 0) args.indices[r] = best.i;
       continue;
     }
@@ -175,7 +177,7 @@ __global__ void __launch_bounds__(kSpatialThreads)
       const int64_t r = o * inner + i;
       const int64_t start = o * length * inner + i;
       const scalar_t* row = args.logits + (valid ? start : 0);
-      if (args.mode == Mode::kSoft) {
+      if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
         const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
         const SoftRow<acc_t> soft(
             spatial_stats(row, inner, length, valid, seed, offset, r, inv_tau, scratch), inv_tau);
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(kSpatialThreads)
       }
       best = column_allreduce(best, ArgMaxOp(), scratch);
       if (!valid) continue;
-      if (args.mode == Mode::kIndex) {
+      if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
         if (threadIdx.y == 0) args.indices[r] = best.i;
         continue;
       }

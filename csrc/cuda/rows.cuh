@@ -12,6 +12,11 @@ namespace cuda {
 
 // Threads per block of the warp-per-row kernels.
 constexpr int kWarpRowThreads = 128;
+// Blocks per SM the warp-per-row forward kernels are compiled for, which gives ptxas an
+// explicit register cap (128): left to itself it picked 32 registers for the bf16 rows of
+// 32 chunks and spilled; with 8 (one wave at 4096 x 1000, cap 64) rows of 1024 spill.
+// The backward keeps the plain bound: its rows hold y and grad in registers.
+constexpr int kWarpRowBlocksPerSM = 4;
 // Rows up to this length are held in registers, one warp (or part of one) per row.
 constexpr int kMaxWarpRow = 1024;
 // Rows one kWarpRowThreads block of the warp-per-row kernels covers when a row has 2^L
@@ -80,7 +85,7 @@ __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict_
                                                      int64_t length, bool aligned, uint64_t seed,
                                                      uint64_t offset, uint64_t r, acc_t inv_tau,
                                                      acc_t* xs, void* scratch) {
-  constexpr int U = kChunksInFlight;
+  constexpr int U = chunks_in_flight<acc_t, V>();
   const int64_t chunks = ceil_div(length, V);
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
   // Chunks k = t, t + T, t + 2T, ... in this order (U at a time).

@@ -185,4 +185,16 @@ int emu_gather(const int32_t* sorted_cols, int64_t* out, int64_t num_rows, int64
   return finish();
 }
 
+// The device code's scalar noise (gumbel_noise.h, as CUDA compiles it) at arbitrary
+// (row, column), 64-bit counters included, and its log alone.
+void emu_noise_at(uint64_t seed, uint64_t offset, const int64_t* rows, const int64_t* cols, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = gumbel_ext::gumbel_noise(seed, offset, static_cast<uint64_t>(rows[i]), static_cast<uint64_t>(cols[i]));
+  }
+}
+
+void emu_neg_log(const float* x, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gumbel_ext::neg_log_positive(x[i]);
+}
+
 }  // extern "C"

@@ -26,9 +26,12 @@ OP_BUDGET elements use the contract's own identity n = offset / 4 + column / 4: 
 at (offset, column) is the one at (offset + 4k, column - 4k), so large columns are
 evaluated at column % 4. Rows have no such identity: entries with rows too large to
 materialize (>= 2^32 take the counter's high row word) record as default_bits the
-baseline copy's formula evaluated here with the same libm logf (libm_noise, itself
-checked bit for bit against the DEFAULT copy on every reachable entry), leave simd_bits
-empty, and are checked against the reference.
+baseline copy's formula evaluated here (model_noise: for version 1 with the same libm
+logf, from version 2 the table log modelled exactly; itself checked bit for bit against
+the DEFAULT copy on every reachable entry), leave simd_bits empty, and are checked
+against the reference.
+
+Version 2 (issue #11) is one algorithm on every copy and on CUDA: the columns are equal.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ import ctypes
 import ctypes.util
 import functools
 import io
+import math
+import re
+import struct
+from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -142,13 +149,79 @@ def libm_noise(seed: int, offset: int, row: int, column: int) -> Optional[float]
     logf = _logf()
     if logf is None:
         return None
+    u = _uniform(seed, offset, row, column)
+    return -logf(-logf(u))
+
+
+def _uniform(seed: int, offset: int, row: int, column: int) -> float:
     from gumbel_ext import reference
 
     n = (offset % U64) // 4 + column // 4
     counter = tuple(torch.tensor([v & 0xFFFFFFFF]) for v in (n, n >> 32, row, row >> 32))
     bits = reference.philox4x32_10(counter, seed % U64)[column % 4].item()
-    u = ((bits >> 9) + 0.5) * 2.0**-23  # exact in float32 (Note [Uniform in (0, 1)])
-    return -logf(-logf(u))
+    return ((bits >> 9) + 0.5) * 2.0**-23  # exact in float32 (Note [Uniform in (0, 1)])
+
+
+# ---- version 2: the table log of Note [Noise log] (csrc/gumbel_noise.h), modelled with
+# exact rational arithmetic and one float32 rounding per operation, as fma does.
+def _f32(x: Fraction) -> float:
+    """x rounded to the nearest float32 (ties to even); normal range only."""
+    if x == 0:
+        return 0.0
+    a = abs(x)
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    if Fraction(2) ** e > a:
+        e -= 1
+    m = round(a / Fraction(2) ** (e - 23))  # round() of a Fraction: half to even
+    return math.copysign(m * 2.0 ** (e - 23), x)
+
+
+def _fma(a: float, b: float, c: float) -> float:
+    return _f32(Fraction(a) * Fraction(b) + Fraction(c))
+
+
+def _f32_bits(x: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+def _bits_f32(b: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", b & 0xFFFFFFFF))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _neg_log_table():
+    """(pairs (1/c, -log c), -log 2) read from csrc/gumbel_noise.h, the one source."""
+    text = (Path(__file__).resolve().parents[2] / "csrc" / "gumbel_noise.h").read_text()
+    body = text[text.index("#define GUMBEL_NEG_LOG_TABLE(X)"):text.index("#define GUMBEL_FIRST_")]
+    hexf = lambda v: float.fromhex(v.rstrip("f")) if "x" in v else float(v.rstrip("f"))  # noqa: E731
+    pairs = [(hexf(a), hexf(b)) for a, b in re.findall(r"X\(([^,]+), ([^)]+)\)", body)]
+    ln2 = hexf(re.search(r"kNegLogLn2 = ([^;]+);", text).group(1).strip())
+    assert len(pairs) == 16
+    return pairs, ln2
+
+
+def neg_log_v2(x: float) -> float:
+    pairs, ln2 = _neg_log_table()
+    ix = _f32_bits(x)
+    tmp = (ix - 0x3F330000) & 0xFFFFFFFF
+    inv_c, neg_log_c = pairs[(tmp >> 19) & 15]
+    k = float((tmp - (1 << 32) if tmp >= 1 << 31 else tmp) >> 23)
+    z = _bits_f32(ix - (tmp & 0xFF800000))
+    rn = _fma(-z, inv_c, 1.0)
+    neg_y0 = _fma(k, ln2, neg_log_c)
+    r2 = _f32(Fraction(rn) * Fraction(rn))
+    p = _fma(_f32(Fraction(1, 5)), rn, 0.25)
+    p = _fma(p, rn, _f32(Fraction(1, 3)))
+    p = _fma(p, rn, 0.5)
+    return _f32(Fraction(_fma(p, r2, rn)) + Fraction(neg_y0))
+
+
+def model_noise(seed: int, offset: int, row: int, column: int, version: int) -> Optional[float]:
+    """An entry's noise without the ops (for rows they cannot reach): version 1 the DEFAULT
+    copy's libm formula (None without a libm), version 2 the one algorithm of every copy."""
+    if version == 1:
+        return libm_noise(seed, offset, row, column)
+    return neg_log_v2(neg_log_v2(_uniform(seed, offset, row, column)))
 
 
 def to_bits(value: float) -> str:

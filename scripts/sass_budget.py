@@ -1,0 +1,218 @@
+"""SASS instruction budget of the CUDA kernels, read from sm_90 machine code (no GPU).
+
+Compiles scripts/sass_probe.cu (one noise-draw loop and the float32 kernels of every
+strategy) for sm_90, once per mode with the runtime choices fixed (Note [SASS probe] in
+csrc/cuda/common.cuh), disassembles it with cuobjdump, and counts per element:
+  - noise: the draw loop's instructions / 4 (one Philox block = four draws; the loop's
+    own bookkeeping, about 5 instructions, is included);
+  - each strategy: the instructions of its innermost per-element loops (loops that touch
+    global memory), each divided by the elements one thread handles per iteration.
+    Static counts of fully unrolled loops: a dynamic count for full chunks.
+Then compares the instruction time per element on an H200 (33.5 T thread-instructions/s)
+with its memory time (4.3 TB/s copy bandwidth; bytes read + written per fp32 element).
+
+Exit status 1 when a count exceeds its budget (issue #11), unless the count is listed in
+KNOWN_OVER with a ceiling it stays under: those are reported as OVER and fail only when
+they grow. Without nvcc or cuobjdump: a skip message and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import check_cuda_compile as ccc  # noqa: E402  (nvcc, flags and include dirs of the real build)
+
+BUILD = ROOT / "build" / "sass-budget"
+ISSUE_RATE = 33.5e12  # H200 thread-instructions / s (132 SMs x 4 x 32 lanes x 1.98 GHz)
+COPY_BW = 4.3e12  # H200 measured copy bandwidth, bytes / s
+
+# name -> (mode define, kernel name fragment, keep-on-chip define, elements one thread
+# handles per iteration of each per-element loop in code order (the last repeats), bytes
+# moved per element, budget). Warp kernels at L = 8 hold 256 chunks / 32 lanes x 4 = 32
+# elements; the block kernels' statistics and soft-output loops kChunksInFlight x 4 = 16,
+# their one-chunk loops (one-hot store, backward passes) 4; spatial kernels one quad, 4.
+Probe = Tuple[int, str, int, List[int], int, float]
+PROBES: Dict[str, Probe] = {
+    "noise (one draw)": (0, "noise_probe", 1, [4], 0, 45),
+    "soft fwd, warp/row (4096x1000)": (0, "warp_forward_kernel", 1, [32], 8, 58),
+    "soft fwd, block/row, x on chip (8192x32000)": (0, "block_forward_kernel", 1, [16], 8, 58),
+    "soft fwd, block/row, regenerated (64x128256)": (0, "block_forward_kernel", 0, [16], 8, 58),
+    "soft fwd, spatial": (0, "spatial_forward_kernel", 1, [4], 8, 58),
+    "hard fwd, warp/row (4096x1000)": (1, "warp_forward_kernel", 1, [32], 8, 52),
+    "hard fwd, block/row (64x128256)": (1, "block_forward_kernel", 0, [16, 4], 8, 52),
+    "hard fwd, spatial": (1, "spatial_forward_kernel", 1, [4], 8, 52),
+    "sample, warp/row (4096x1000)": (2, "warp_forward_kernel", 1, [32], 4, 52),
+    "sample, block/row (64x128256)": (2, "block_forward_kernel", 0, [16], 4, 52),
+    "soft bwd, warp/row (4096x1000)": (0, "warp_backward_kernel", 1, [32], 12, 20),
+    "soft bwd, block/row, on chip (8192x32000)": (0, "block_backward_kernel", 1, [4], 12, 20),
+    "soft bwd, block/row, reread (64x128256)": (0, "block_backward_kernel", 0, [4], 12, 20),
+    "hard bwd, warp/row (4096x1000)": (1, "warp_backward_kernel", 1, [32], 12, 62),
+    "hard bwd, block/row, on chip (8192x32000)": (1, "block_backward_kernel", 1, [16, 4], 12, 62),
+    "hard bwd, block/row, regenerated (64x128256)": (1, "block_backward_kernel", 0, [16, 4], 12, 62),
+}
+# Counts above their issue-#11 budget today, with the ceiling CI holds them under (the
+# count after the one-noise-algorithm change, plus 10% for compiler drift) until the
+# kernel restructuring of issue #11 lands; see the README's table for why.
+KNOWN_OVER: Dict[str, float] = {
+    "noise (one draw)": 59,
+    "soft fwd, warp/row (4096x1000)": 93,
+    "soft fwd, block/row, x on chip (8192x32000)": 208,
+    "soft fwd, block/row, regenerated (64x128256)": 198,
+    "soft fwd, spatial": 230,
+    "hard fwd, warp/row (4096x1000)": 94,
+    "hard fwd, block/row (64x128256)": 103,
+    "hard fwd, spatial": 106,
+    "sample, warp/row (4096x1000)": 89,
+    "sample, block/row (64x128256)": 94,
+    "soft bwd, block/row, on chip (8192x32000)": 47,
+    "hard bwd, warp/row (4096x1000)": 106,
+    "hard bwd, block/row, on chip (8192x32000)": 330,
+    "hard bwd, block/row, regenerated (64x128256)": 295,
+}
+
+INSTRUCTION = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*?);")
+FUNCTION = re.compile(r"^\s+Function : (\S+)")
+BRANCH_TARGET = re.compile(r"\(\*?\s*0x([0-9a-f]+)\s*\*?\)|0x([0-9a-f]+)")
+
+
+def find_tool(name: str) -> Optional[str]:
+    """A CUDA binary utility on PATH, next to nvcc, or from its PyPI wheel
+    (nvidia-cuda-<name>, which installs under the `nvidia` namespace package)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    nvcc = ccc.find_nvcc()
+    if nvcc and (Path(nvcc).parent / name).is_file():
+        return str(Path(nvcc).parent / name)
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for base in nvidia.__path__:
+        for candidate in sorted(Path(base).glob(f"*/bin/{name}")):
+            return str(candidate)
+    return None
+
+
+def find_cuobjdump() -> Optional[str]:
+    return find_tool("cuobjdump")
+
+
+def compile_probe(nvcc: str, mode: int, keep: int) -> Path:
+    build = ccc.load_build_config()
+    cubin = BUILD / f"probe-m{mode}-k{keep}.cubin"
+    cubin.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ccc.nvcc_command(nvcc, ROOT / "scripts" / "sass_probe.cu", cubin, [], build)
+    cmd = [c for c in cmd if c not in ("-c", "-v")]
+    i = cmd.index("-Xptxas")
+    del cmd[i:i + 2]
+    cmd += ["-cubin", "-arch=sm_90", f"-I{ROOT / 'csrc' / 'cuda'}", "-DGUMBEL_EXT_SASS_PROBE",
+            f"-DGUMBEL_EXT_SASS_MODE={mode}", f"-DGUMBEL_EXT_SASS_KEEP={keep}"]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("compiling the SASS probe failed:\n" + proc.stdout)
+    return cubin
+
+
+def disassemble(cuobjdump: str, cubin: Path) -> Dict[str, List[Tuple[int, str, str]]]:
+    """function -> [(address, opcode, operands)] from `cuobjdump -sass`."""
+    out = subprocess.run([cuobjdump, "-sass", str(cubin)], stdout=subprocess.PIPE, text=True, check=True).stdout
+    functions: Dict[str, List[Tuple[int, str, str]]] = {}
+    current = None
+    for line in out.splitlines():
+        m = FUNCTION.match(line)
+        if m:
+            current = functions.setdefault(m.group(1), [])
+            continue
+        m = INSTRUCTION.match(line)
+        if m and current is not None:
+            current.append((int(m.group(1), 16), m.group(3), m.group(4)))
+    return functions
+
+
+def innermost_loops(code: List[Tuple[int, str, str]], memory_only: bool = True) -> List[List[Tuple[int, str, str]]]:
+    """Bodies [target, backward branch] of the loops that contain no other loop, that
+    touch global memory (the per-element loops, not a reduction tree) and are not the
+    trailing `BRA self` of the function."""
+    loops = []
+    for idx, (addr, op, operands) in enumerate(code):
+        if not op.startswith("BRA"):
+            continue
+        m = BRANCH_TARGET.search(operands)
+        if not m:
+            continue
+        target = int(m.group(1) or m.group(2), 16)
+        if target >= addr:
+            continue
+        start = next(i for i, (a, _, _) in enumerate(code) if a >= target)
+        loops.append((start, idx))
+    inner = [(s, e) for s, e in loops if not any((s2, e2) != (s, e) and s <= s2 and e2 <= e for s2, e2 in loops)]
+    bodies = []
+    for s, e in inner:
+        body = code[s:e + 1]
+        if e - s < 4 or (memory_only and not any(op.startswith(("LDG", "STG")) for _, op, _ in body)):
+            continue
+        bodies.append(body)
+    return bodies
+
+
+def count(functions, fragment: str, per_iter: List[int]) -> Tuple[float, List[str]]:
+    name = next((f for f in functions if fragment in f), None)
+    if name is None:
+        raise RuntimeError(f"no kernel matching {fragment!r} in the probe")
+    total = 0.0
+    parts = []
+    for i, body in enumerate(innermost_loops(functions[name], memory_only=fragment != "noise_probe")):
+        elements = per_iter[min(i, len(per_iter) - 1)]
+        total += len(body) / elements
+        parts.append(f"{len(body)}/{elements}")
+    return total, parts
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-fail", action="store_true", help="report only")
+    args = parser.parse_args(argv)
+    nvcc, cuobjdump = ccc.find_nvcc(), find_cuobjdump()
+    if nvcc is None or cuobjdump is None:
+        print("sass-budget: SKIPPED -- needs nvcc and cuobjdump (pip install nvidia-cuda-cuobjdump)")
+        return 0
+    disassembled = {}
+    failed = []
+    print(f"sass-budget: sm_90 SASS per element; H200 {ISSUE_RATE / 1e12:.1f} T instr/s, {COPY_BW / 1e12:.1f} TB/s")
+    print(f"  {'kernel path':46s} {'instr':>6s} {'budget':>6s} {'instr ps':>8s} {'mem ps':>7s}  loops")
+    for name, (mode, fragment, keep, per_iter, nbytes, budget) in PROBES.items():
+        key = (mode, keep)
+        if key not in disassembled:
+            disassembled[key] = disassemble(cuobjdump, compile_probe(nvcc, mode, keep))
+        n, parts = count(disassembled[key], fragment, per_iter)
+        instr_ps = n / ISSUE_RATE * 1e12
+        mem_ps = nbytes / COPY_BW * 1e12
+        ceiling = KNOWN_OVER.get(name)
+        if n <= budget:
+            verdict = "ok"
+        elif ceiling is not None and n <= ceiling:
+            verdict = f"OVER (held <= {ceiling:g})"
+        else:
+            verdict = "FAIL"
+            failed.append(name)
+        mem = f"{mem_ps:7.2f}" if nbytes else "      -"
+        print(f"  {name:46s} {n:6.1f} {budget:6g} {instr_ps:8.2f} {mem}  {' + '.join(parts)}  {verdict}")
+    if failed and not args.no_fail:
+        print(f"sass-budget: FAILED -- over budget: {', '.join(failed)}")
+        return 1
+    print("sass-budget: done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+// The kernels scripts/sass_budget.py reads (Note [SASS probe] in csrc/cuda/common.cuh):
+// the float32 instantiations of every strategy at the target shapes, compiled once per
+// mode with the runtime choices fixed, and one loop of noise draws.
+#include "backward_kernels.cuh"
+#include "forward_kernels.cuh"
+
+namespace gumbel_ext {
+namespace cuda {
+
+// Four draws per iteration, summed so that nothing is dead; the budget script divides
+// the loop by 4.
+__global__ void noise_probe(float* out, uint64_t seed, uint64_t offset, uint64_t row, int64_t blocks) {
+  float acc = 0.0f;
+  for (int64_t q = threadIdx.x + int64_t{blockIdx.x} * blockDim.x; q < blocks; q += int64_t{gridDim.x} * blockDim.x) {
+    const Philox4 p = philox_block(seed, offset, row, static_cast<uint64_t>(q));
+    acc += gumbel_from_bits(p.x) + gumbel_from_bits(p.y) + gumbel_from_bits(p.z) + gumbel_from_bits(p.w);
+  }
+  out[threadIdx.x + blockIdx.x * blockDim.x] = acc;
+}
+
+// 4096 x 1000: 250 chunks of 4, padded to 2^8.
+template __global__ void warp_forward_kernel<float, 8>(ForwardArgs<float>, int64_t, int, bool, Rng);
+template __global__ void block_forward_kernel<float>(ForwardArgs<float>, int64_t, int64_t, bool, bool, Rng);
+template __global__ void spatial_forward_kernel<float>(ForwardArgs<float>, Shape, Rng);
+template __global__ void warp_backward_kernel<float, 8>(BackwardArgs<float>, int64_t, int, bool, Rng);
+template __global__ void block_backward_kernel<float>(BackwardArgs<float>, int64_t, int64_t, bool, bool, bool, Rng);
+template __global__ void spatial_backward_kernel<float>(BackwardArgs<float>, Shape, Rng);
+
+}  // namespace cuda
+}  // namespace gumbel_ext
