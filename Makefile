@@ -3,7 +3,7 @@ PYTHON ?= python3
 BENCH_ARGS ?=
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-py test-slow ctest cuda-check dist-check bench clean
+.PHONY: all deps build test test-py test-slow ctest cuda-check dist-check sanitize bench clean
 
 all: build
 
@@ -36,8 +36,13 @@ cuda-check: deps
 dist-check: build
 	MAX_JOBS=$(JOBS) $(PYTHON) scripts/dist_check.py
 
+# ASan + UBSan build in build-sanitize/ and the fast CPU suites under it, once per forced
+# copy of the CPU kernels (scripts/sanitize.py). Run before every merge of kernel code.
+sanitize: deps
+	$(PYTHON) scripts/sanitize.py
+
 bench: build
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf build build-cmake gumbel_ext/_C*.so gumbel_ext/_build_info.json *.egg-info .pytest_cache
+	rm -rf build build-cmake build-sanitize gumbel_ext/_C*.so gumbel_ext/_build_info.json *.egg-info .pytest_cache
