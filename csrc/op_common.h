@@ -60,19 +60,33 @@ inline void check_same_device(const at::Tensor& t, const char* name, const at::T
                     " (the device of ", expected_name, ")");
 }
 
+// The number of rows, as a SymInt: the checks also run in _differentiable_backward, a
+// CompositeImplicitAutograd op that torch.compile traces with symbolic shapes (where
+// sizes() and numel() throw). Hence sym_sizes()/sym_numel() in every shared check.
+inline c10::SymInt sym_rows(const at::Tensor& t, int64_t dim) {
+  c10::SymInt rows = 1;
+  if (t.dim() == 0) return rows;
+  const int64_t d = c10::maybe_wrap_dim(dim, t.dim());
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    if (i != d) rows = rows * t.sym_size(i);
+  }
+  return rows;
+}
+
 // tau_rows: one temperature per row, shaped like logits with `dim` of size 1, in the
 // accumulation dtype, contiguous (the Python wrapper broadcasts a user tensor to this).
 inline void check_tau_rows(const std::optional<at::Tensor>& tau_rows, const at::Tensor& logits,
-                           const RowLayout& layout, const char* logits_name = "logits") {
+                           int64_t dim, const char* logits_name = "logits") {
   if (!tau_rows.has_value()) return;
   const at::Tensor& t = *tau_rows;
   check_same_device(t, "tau_rows", logits, logits_name);
   TORCH_CHECK_VALUE(t.scalar_type() == acc_dtype(logits.scalar_type()),
                     "gumbel_ext: tau_rows must have dtype ", acc_dtype(logits.scalar_type()),
                     " for ", logits.scalar_type(), " logits, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.numel() == layout.rows() && t.is_contiguous(),
-                    "gumbel_ext: tau_rows must be contiguous with one entry per row (",
-                    layout.rows(), "), got shape ", t.sizes());
+  const c10::SymInt rows = sym_rows(logits, dim);
+  TORCH_CHECK_VALUE(t.sym_numel() == rows && t.is_contiguous(),
+                    "gumbel_ext: tau_rows must be contiguous with one entry per row (", rows,
+                    "), got shape ", t.sym_sizes());
 }
 
 inline void check_dim(const at::Tensor& logits, int64_t dim) {
@@ -92,9 +106,9 @@ inline void check_generator_device(const std::optional<at::Generator>& gen,
 inline void check_rng_state(const at::Tensor& s, const at::Tensor& logits,
                             const char* logits_name = "logits") {
   check_same_device(s, "rng_state", logits, logits_name);
-  TORCH_CHECK_VALUE(s.scalar_type() == at::kLong && s.numel() == 2 && s.is_contiguous(),
+  TORCH_CHECK_VALUE(s.scalar_type() == at::kLong && s.sym_numel() == 2 && s.is_contiguous(),
                     "gumbel_ext: rng_state must be a contiguous int64 tensor of 2 elements "
-                    "(seed, offset), got ", s.scalar_type(), " of shape ", s.sizes());
+                    "(seed, offset), got ", s.scalar_type(), " of shape ", s.sym_sizes());
 }
 
 inline void check_forward_args(const at::Tensor& logits, double tau,
@@ -106,7 +120,7 @@ inline void check_forward_args(const at::Tensor& logits, double tau,
   check_logits(logits);
   check_dim(logits, dim);
   check_tau(tau);
-  check_tau_rows(tau_rows, logits, row_layout(logits, dim));
+  check_tau_rows(tau_rows, logits, dim);
   check_generator_device(gen, logits);
   if (rng_state.has_value()) check_rng_state(*rng_state, logits);
 }
@@ -123,9 +137,9 @@ inline void check_backward_args(const at::Tensor& grad, const at::Tensor& saved,
   check_logits(saved, "saved");
   check_dim(saved, dim);
   check_tau(tau);
-  TORCH_CHECK_VALUE(grad.sizes() == saved.sizes(), "gumbel_ext: grad has shape ", grad.sizes(),
-                    " but the output has shape ", saved.sizes());
-  check_tau_rows(tau_rows, saved, row_layout(saved, dim), "saved");
+  TORCH_CHECK_VALUE(grad.sym_sizes() == saved.sym_sizes(), "gumbel_ext: grad has shape ",
+                    grad.sym_sizes(), " but the output has shape ", saved.sym_sizes());
+  check_tau_rows(tau_rows, saved, dim, "saved");
   check_rng_state(rng_state, saved, "saved");
 }
 
