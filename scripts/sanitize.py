@@ -24,13 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD_DIR = ROOT / "build-sanitize"
 SANITIZE_FLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g1"
 
-# Every suite that runs the CPU ops. test_cpu_isa.py sets each copy itself, so it runs
-# once; the CUDA suites, the benchmark suite and the build-path suite (which compiles its
-# own, uninstrumented, builds) are left out.
+# Every suite that runs the CPU ops. test_cpu_isa.py and the golden noise test set each
+# copy themselves, so they run once; the CUDA suites, the benchmark suite and the
+# build-path and release suites (which compile their own, uninstrumented, builds) are left
+# out.
 PER_COPY_SUITES = [
     "tests/test_forward.py",
     "tests/test_backward.py",
     "tests/test_errors.py",
+    "tests/test_op_checks.py",
     "tests/test_hardening.py",
     "tests/test_properties.py",
     "tests/test_statistics.py",
@@ -38,7 +40,7 @@ PER_COPY_SUITES = [
     "tests/test_torch_integration.py",
     "tests/test_reference_rng.py",
 ]
-ONCE_SUITES = ["tests/test_cpu_isa.py"]
+ONCE_SUITES = ["tests/test_cpu_isa.py", "tests/golden/test_golden_noise.py"]
 
 
 def _runtime(name: str) -> str:
@@ -91,7 +93,7 @@ def main() -> None:
             sys.exit(f"sanitize: the {capability} copy is not available here ({', '.join(available)})")
         copy_env = dict(env, GUMBEL_EXT_CPU_CAPABILITY=capability)
         times[capability] = run(pytest + PER_COPY_SUITES, copy_env, f"tests, {capability} copy")
-    times["every copy"] = run(pytest + ONCE_SUITES, env, "tests/test_cpu_isa.py")
+    times["every copy"] = run(pytest + ONCE_SUITES, env, "suites that set each copy themselves")
     print("sanitize: clean. Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
 
 
