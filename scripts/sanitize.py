@@ -55,7 +55,10 @@ def sanitizer_env() -> dict:
         GUMBEL_EXT_FORCE_JIT="1",
         GUMBEL_EXT_BUILD_DIR=str(BUILD_DIR),
         GUMBEL_EXT_JIT_FLAGS=SANITIZE_FLAGS,
-        LD_PRELOAD=_runtime("libasan.so"),
+        # libstdc++ too: python does not link it, and ASan's __cxa_throw interceptor,
+        # set up before torch loads it, would otherwise fail its CHECK on the first C++
+        # exception (torch raising IndexError for a bad dim, say).
+        LD_PRELOAD=" ".join([_runtime("libasan.so"), _runtime("libstdc++.so.6")]),
         ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:abort_on_error=0",
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
     )
