@@ -1,7 +1,6 @@
 """Property-based tests (hypothesis): random shapes, dims, layouts, dtypes, tau, masks.
 Bounded for CI; `--hypothesis-profile=thorough` runs many more examples locally."""
 
-
 import pytest
 import torch
 from hypothesis import given
