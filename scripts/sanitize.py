@@ -41,6 +41,12 @@ PER_COPY_SUITES = [
     "tests/test_reference_rng.py",
 ]
 ONCE_SUITES = ["tests/test_cpu_isa.py", "tests/golden/test_golden_noise.py"]
+# The "no AVX outside the ISA copies" check is about the shipped build (make test runs it
+# there). Under ASan, GCC 12 no longer inlines std::vector<long>::_M_default_append in the
+# ISA files and emits weak AVX copies of it there, and only there: no baseline object
+# defines it, so only ISA code calls it, but the check (which sees only the final library)
+# cannot tell that apart from a real leak and fails.
+ONCE_DESELECT = ["tests/test_cpu_isa.py::test_avx_instructions_only_in_isa_copies"]
 
 
 def _runtime(name: str) -> str:
@@ -96,7 +102,8 @@ def main() -> None:
             sys.exit(f"sanitize: the {capability} copy is not available here ({', '.join(available)})")
         copy_env = dict(env, GUMBEL_EXT_CPU_CAPABILITY=capability)
         times[capability] = run(pytest + PER_COPY_SUITES, copy_env, f"tests, {capability} copy")
-    times["every copy"] = run(pytest + ONCE_SUITES, env, "suites that set each copy themselves")
+    deselect = [arg for test in ONCE_DESELECT for arg in ("--deselect", test)]
+    times["every copy"] = run(pytest + ONCE_SUITES + deselect, env, "suites that set each copy themselves")
     print("sanitize: clean. Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
 
 
