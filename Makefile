@@ -4,7 +4,7 @@ BENCH_ARGS ?=
 SAMPLER_BENCH_ARGS ?=
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test test-py test-slow ctest cuda-check dist-check bench mutants clean
+.PHONY: all deps build test test-py test-slow ctest cuda-check dist-check sanitize bench mutants clean
 
 all: build
 
@@ -39,6 +39,11 @@ cuda-check: deps
 dist-check: build
 	MAX_JOBS=$(JOBS) $(PYTHON) scripts/dist_check.py
 
+# ASan + UBSan build in build-sanitize/ and the fast CPU suites under it, once per forced
+# copy of the CPU kernels (scripts/sanitize.py). Run before every merge of kernel code.
+sanitize: deps
+	$(PYTHON) scripts/sanitize.py
+
 bench: build
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
 	$(PYTHON) -m benchmarks.sampler $(SAMPLER_BENCH_ARGS)
@@ -49,4 +54,4 @@ mutants: deps
 	MAX_JOBS=$(JOBS) $(PYTHON) scripts/mutants.py $(MUTANTS)
 
 clean:
-	rm -rf build build-cmake build-mutants gumbel_ext/_C*.so gumbel_ext/_build_info.json *.egg-info .pytest_cache
+	rm -rf build build-cmake build-mutants build-sanitize gumbel_ext/_C*.so gumbel_ext/_build_info.json *.egg-info .pytest_cache

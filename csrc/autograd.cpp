@@ -19,6 +19,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "op_common.h"
 #include "op_handles.h"
 
 namespace gumbel_ext {
@@ -66,6 +67,9 @@ std::tuple<at::Tensor, at::Tensor> differentiable_backward_op(const at::Tensor& 
                                                               const at::Tensor& rng_state, double tau,
                                                               const std::optional<at::Tensor>& tau_rows,
                                                               bool hard, int64_t dim) {
+  // The same checks as gumbel_softmax_backward: the ATen ops below would broadcast a
+  // grad of another shape, and read a tensor of another device.
+  check_backward_args(grad, saved, rng_state, tau, tau_rows, dim, /*need_grad_tau=*/false);
   auto [grad_logits, grad_tau] = differentiable_backward(grad, saved, rng_state, tau,
                                                          tau_rows.value_or(at::Tensor()), hard, dim);
   if (!grad_tau.defined()) {

@@ -46,20 +46,47 @@ inline at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Note [Tensor arguments on another device]
+// Every tensor argument must be on the logits' device. The dispatcher picks the kernel
+// from all tensor arguments, and Meta outranks every backend: CPU logits with a meta
+// rng_state reach the fake kernel (gumbel_ext/_ops.py), which would return uninitialized
+// CPU tensors. So the fakes check devices too, with this same message (torch's own ops
+// say "Tensor on device meta is not on the expected device cpu!"), and the real kernels
+// check before anything else reads a tensor.
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& expected,
+                              const char* expected_name = "logits") {
+  TORCH_CHECK_VALUE(t.device() == expected.device(), "gumbel_ext: Tensor ", name, " on device ",
+                    t.device(), " is not on the expected device ", expected.device(),
+                    " (the device of ", expected_name, ")");
+}
+
+// The number of rows, as a SymInt: the checks also run in _differentiable_backward, a
+// CompositeImplicitAutograd op that torch.compile traces with symbolic shapes (where
+// sizes() and numel() throw). Hence sym_sizes()/sym_numel() in every shared check.
+inline c10::SymInt sym_rows(const at::Tensor& t, int64_t dim) {
+  c10::SymInt rows = 1;
+  if (t.dim() == 0) return rows;
+  const int64_t d = c10::maybe_wrap_dim(dim, t.dim());
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    if (i != d) rows = rows * t.sym_size(i);
+  }
+  return rows;
+}
+
 // tau_rows: one temperature per row, shaped like logits with `dim` of size 1, in the
 // accumulation dtype, contiguous (the Python wrapper broadcasts a user tensor to this).
 inline void check_tau_rows(const std::optional<at::Tensor>& tau_rows, const at::Tensor& logits,
-                           const RowLayout& layout) {
+                           int64_t dim, const char* logits_name = "logits") {
   if (!tau_rows.has_value()) return;
   const at::Tensor& t = *tau_rows;
-  TORCH_CHECK_VALUE(t.device() == logits.device(), "gumbel_ext: tau is on ", t.device(),
-                    " but logits are on ", logits.device());
+  check_same_device(t, "tau_rows", logits, logits_name);
   TORCH_CHECK_VALUE(t.scalar_type() == acc_dtype(logits.scalar_type()),
                     "gumbel_ext: tau_rows must have dtype ", acc_dtype(logits.scalar_type()),
                     " for ", logits.scalar_type(), " logits, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.numel() == layout.rows() && t.is_contiguous(),
-                    "gumbel_ext: tau_rows must be contiguous with one entry per row (",
-                    layout.rows(), "), got shape ", t.sizes());
+  const c10::SymInt rows = sym_rows(logits, dim);
+  TORCH_CHECK_VALUE(t.sym_numel() == rows && t.is_contiguous(),
+                    "gumbel_ext: tau_rows must be contiguous with one entry per row (", rows,
+                    "), got shape ", t.sym_sizes());
 }
 
 inline void check_dim(const at::Tensor& logits, int64_t dim) {
@@ -76,22 +103,24 @@ inline void check_generator_device(const std::optional<at::Generator>& gen,
 }
 
 // rng_state: int64 [2] = (seed, offset) on the logits' device; seed holds uint64 bits.
-inline void check_rng_state(const at::Tensor& s, const at::Tensor& logits) {
-  TORCH_CHECK_VALUE(s.scalar_type() == at::kLong && s.numel() == 2 && s.is_contiguous(),
+inline void check_rng_state(const at::Tensor& s, const at::Tensor& logits,
+                            const char* logits_name = "logits") {
+  check_same_device(s, "rng_state", logits, logits_name);
+  TORCH_CHECK_VALUE(s.scalar_type() == at::kLong && s.sym_numel() == 2 && s.is_contiguous(),
                     "gumbel_ext: rng_state must be a contiguous int64 tensor of 2 elements "
-                    "(seed, offset), got ", s.scalar_type(), " of shape ", s.sizes());
-  TORCH_CHECK_VALUE(s.device() == logits.device(), "gumbel_ext: rng_state is on ", s.device(),
-                    " but logits are on ", logits.device());
+                    "(seed, offset), got ", s.scalar_type(), " of shape ", s.sym_sizes());
 }
 
 inline void check_forward_args(const at::Tensor& logits, double tau,
                                const std::optional<at::Tensor>& tau_rows, int64_t dim,
                                const std::optional<at::Generator>& gen,
                                const std::optional<at::Tensor>& rng_state) {
+  if (tau_rows.has_value()) check_same_device(*tau_rows, "tau_rows", logits);
+  if (rng_state.has_value()) check_same_device(*rng_state, "rng_state", logits);
   check_logits(logits);
   check_dim(logits, dim);
   check_tau(tau);
-  check_tau_rows(tau_rows, logits, row_layout(logits, dim));
+  check_tau_rows(tau_rows, logits, dim);
   check_generator_device(gen, logits);
   if (rng_state.has_value()) check_rng_state(*rng_state, logits);
 }
@@ -100,17 +129,23 @@ inline void check_backward_args(const at::Tensor& grad, const at::Tensor& saved,
                                 const at::Tensor& rng_state, double tau,
                                 const std::optional<at::Tensor>& tau_rows, int64_t dim,
                                 bool need_grad_tau) {
+  check_same_device(grad, "grad", saved, "saved");
+  check_same_device(rng_state, "rng_state", saved, "saved");
+  if (tau_rows.has_value()) check_same_device(*tau_rows, "tau_rows", saved, "saved");
   TORCH_CHECK_VALUE(!need_grad_tau || tau_rows.has_value(),
                     "gumbel_ext: need_grad_tau=True requires tau_rows");
   check_logits(saved, "saved");
   check_dim(saved, dim);
   check_tau(tau);
-  TORCH_CHECK_VALUE(grad.sizes() == saved.sizes(), "gumbel_ext: grad has shape ", grad.sizes(),
-                    " but the output has shape ", saved.sizes());
-  TORCH_CHECK_VALUE(grad.device() == saved.device(), "gumbel_ext: grad is on ", grad.device(),
-                    " but the saved tensor is on ", saved.device());
-  check_tau_rows(tau_rows, saved, row_layout(saved, dim));
-  check_rng_state(rng_state, saved);
+  TORCH_CHECK_VALUE(grad.sym_sizes() == saved.sym_sizes(), "gumbel_ext: grad has shape ",
+                    grad.sym_sizes(), " but the output has shape ", saved.sym_sizes());
+  check_tau_rows(tau_rows, saved, dim, "saved");
+  check_rng_state(rng_state, saved, "saved");
+}
+
+inline void check_noise_args(const at::Tensor& logits, int64_t dim, const at::Tensor& rng_state) {
+  check_rng_state(rng_state, logits);
+  check_dim(logits, dim);
 }
 
 inline at::TensorOptions tau_rows_options(const at::Tensor& logits) {
@@ -131,6 +166,18 @@ inline void check_num_samples(const at::Tensor& logits, int64_t num_samples, con
   TORCH_CHECK_VALUE(num_samples <= layout.length, "gumbel_ext.sample: num_samples=", num_samples,
                     " exceeds the ", layout.length, " categories along dim (sampling without "
                     "replacement)");
+}
+
+// Everything sample() checks before it looks at a value, rows or no rows: num_samples is
+// in [1, categories] whether or not there is a row to sample.
+inline void check_sample_args(const at::Tensor& logits, int64_t num_samples, int64_t dim,
+                              const std::optional<at::Generator>& generator,
+                              const std::optional<at::Tensor>& rng_state) {
+  if (rng_state.has_value()) check_rng_state(*rng_state, logits);
+  check_logits(logits);
+  check_dim(logits, dim);
+  check_generator_device(generator, logits);
+  check_num_samples(logits, num_samples, row_layout(logits, dim));
 }
 
 // sample() returns `dim` removed (num_samples == 1) or replaced by num_samples.

@@ -14,6 +14,7 @@
 //   sample: Gumbel-max / Gumbel-top-k category indices, the same noise as hard=True.
 #include <torch/library.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Dispatch.h>
 #include <ATen/core/DistributionsHelper.h>
 
 #include <mutex>
@@ -39,11 +40,33 @@ std::pair<uint64_t, uint64_t> cpu_seed_offset(const std::optional<at::Generator>
   return {gen->random64(), 0};
 }
 
+// Note [tau_rows values]
+// A tau_rows entry that is not finite and > 0 puts the vectorized exp outside its domain
+// (x <= 0), where the ISA copies disagree. The public API refuses such a tau; the ops are
+// public too, so the CPU ops check the values here: O(rows) reads of host memory. On CUDA
+// that check would be a device-to-host sync (and impossible under graph capture), so the
+// CUDA ops do not read the values on the host: see row_inv_tau in csrc/cuda/rows.cuh.
+void check_tau_rows_values(const std::optional<at::Tensor>& tau_rows) {
+  if (!tau_rows.has_value()) return;
+  AT_DISPATCH_FLOATING_TYPES(tau_rows->scalar_type(), "check_tau_rows_values", [&] {
+    const scalar_t* t = tau_rows->const_data_ptr<scalar_t>();
+    const int64_t n = tau_rows->numel();
+    bool valid = true;
+    for (int64_t r = 0; r < n; ++r) valid &= std::isfinite(t[r]) && t[r] > 0;
+    if (valid) return;
+    int64_t r = 0;
+    while (std::isfinite(t[r]) && t[r] > 0) ++r;
+    TORCH_CHECK_VALUE(false, "gumbel_ext: every entry of tau_rows must be finite and > 0, got ",
+                      t[r], " at flat index ", r);
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& logits, double tau,
                                                const std::optional<at::Tensor>& tau_rows, bool hard,
                                                int64_t dim, std::optional<at::Generator> generator,
                                                const std::optional<at::Tensor>& rng_state) {
   check_forward_args(logits, tau, tau_rows, dim, generator, rng_state);
+  check_tau_rows_values(tau_rows);
   at::Tensor out = empty_output(logits);
   if (logits.numel() == 0) {
     return {out, rng_state ? rng_state->clone() : make_rng_state_cpu(0, 0)};
@@ -58,6 +81,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at
                                                 const std::optional<at::Tensor>& tau_rows, bool hard,
                                                 int64_t dim, bool need_grad_tau) {
   check_backward_args(grad, saved, rng_state, tau, tau_rows, dim, need_grad_tau);
+  check_tau_rows_values(tau_rows);
   at::Tensor grad_logits = empty_output(saved);
   // Per-row dL/dtau in tau_rows' shape; the wrapper reduces it to the user's tau.
   at::Tensor grad_tau = need_grad_tau ? at::zeros_like(*tau_rows)
@@ -71,8 +95,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at
 }
 
 at::Tensor noise_cpu(const at::Tensor& logits, int64_t dim, const at::Tensor& rng_state) {
-  check_dim(logits, dim);
-  check_rng_state(rng_state, logits);
+  check_noise_args(logits, dim, rng_state);
   at::Tensor out = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
   if (logits.numel() == 0) return out;
   const auto [seed, offset] = cpu_seed_offset(std::nullopt, rng_state);
@@ -83,15 +106,11 @@ at::Tensor noise_cpu(const at::Tensor& logits, int64_t dim, const at::Tensor& rn
 at::Tensor sample_cpu(const at::Tensor& logits, int64_t num_samples, int64_t dim,
                       std::optional<at::Generator> generator,
                       const std::optional<at::Tensor>& rng_state) {
-  check_logits(logits);
-  check_dim(logits, dim);
-  check_generator_device(generator, logits);
-  if (rng_state.has_value()) check_rng_state(*rng_state, logits);
+  check_sample_args(logits, num_samples, dim, generator, rng_state);
   const RowLayout layout = row_layout(logits, dim);
   if (layout.rows() == 0) {
     return at::empty(sample_shape(logits, dim, num_samples), logits.options().dtype(at::kLong));
   }
-  check_num_samples(logits, num_samples, layout);
   at::Tensor rows_k = at::empty({layout.rows(), num_samples}, logits.options().dtype(at::kLong));
   const auto [seed, offset] = cpu_seed_offset(generator, rng_state);
   cpu::sample(logits, rows_k, layout, dim, seed, offset, num_samples);

@@ -35,6 +35,12 @@ CXX_FLAGS = ["-O3", "-fopenmp"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 LD_FLAGS = ["-fopenmp"]
 
+
+def jit_extra_flags() -> List[str]:
+    """Flags a JIT build adds to every compile and to the link: GUMBEL_EXT_JIT_FLAGS, which
+    `make sanitize` (scripts/sanitize.py) sets to the sanitizers' flags."""
+    return os.environ.get("GUMBEL_EXT_JIT_FLAGS", "").split()
+
 # The per-ISA copies of the CPU kernels and the flags each is compiled with on top of
 # CXX_FLAGS (Note [Per-ISA CPU kernels] in csrc/cpu/kernel_table.h; ATen's own flags).
 # The DEFAULT copy is an ordinary source; the others are x86-64 only and must be linked
@@ -156,13 +162,14 @@ def jit_compile() -> None:
         flush=True,
     )
     # The ISA objects go after the sources on the link line: see Note [Per-ISA CPU kernels].
-    isa_objects = _jit_isa_objects(build_dir, CXX_FLAGS)
+    extra = jit_extra_flags()
+    isa_objects = _jit_isa_objects(build_dir, CXX_FLAGS + extra)
     cpp_extension.load(
         name="gumbel_ext_jit",
         sources=sources,
-        extra_cflags=CXX_FLAGS + (["-DGUMBEL_EXT_WITH_CUDA"] if with_cuda else []),
+        extra_cflags=CXX_FLAGS + extra + (["-DGUMBEL_EXT_WITH_CUDA"] if with_cuda else []),
         extra_cuda_cflags=NVCC_FLAGS,
-        extra_ldflags=isa_objects + LD_FLAGS,
+        extra_ldflags=isa_objects + LD_FLAGS + extra,
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=os.environ.get("GUMBEL_EXT_VERBOSE") == "1",

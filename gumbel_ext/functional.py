@@ -324,7 +324,7 @@ def sample(
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"gumbel_ext.sample: num_samples must be an int >= 1, got {num_samples!r}")
     categories = logits.shape[dim] if logits.dim() else 1
-    if logits.numel() and num_samples > categories:
+    if num_samples > categories:  # with or without rows, as the op checks
         raise ValueError(
             f"gumbel_ext.sample: num_samples={num_samples} exceeds the {categories} categories "
             "along dim (sampling without replacement)"

@@ -71,10 +71,41 @@ def gumbel_noise(logits: torch.Tensor, dim: int, rng_state: torch.Tensor) -> tor
     return g.reshape(()) if logits.dim() == 0 else g.movedim(-1, dim)
 
 
-def draw_rng_state(device: torch.device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """A fresh (seed, offset) drawn from ``generator`` (or the device's default one)."""
-    seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, device=device, generator=generator)
+def _as_int64(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def draw_rng_state(
+    device: torch.device, generator: Optional[torch.Generator] = None, length: int = 1
+) -> torch.Tensor:
+    """The (seed, offset) the fused op on ``device`` takes from ``generator`` (or the
+    device's default one) for rows of ``length`` categories, advancing it as the op does:
+    a seeded program draws the same noise whichever path runs.
+
+    - CPU: the op takes ``random64()`` from the mt19937 generator as the seed, offset 0
+      (csrc/ops.cpp). ``random_`` over the full int64 range takes exactly one
+      ``random64()`` and keeps all its bits (``torch.randint`` would fold it into a range).
+    - CUDA: the op reserves ``philox_increment(length)`` counters with
+      ``philox_cuda_state``, getting (the generator's seed, its offset before the
+      increment) (Note [CUDA rng_state]); the same through ``get_offset``/``set_offset``.
+      Not under CUDA graph capture, where the fused op is the only path.
+    - Other devices have no fused op: a 64-bit seed from their generator, offset 0.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if generator is None:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            generator = torch.cuda.default_generators[index]
+        seed, offset = generator.initial_seed(), generator.get_offset()
+        generator.set_offset(offset + 4 * ((max(length, 0) + 3) // 4))  # philox_increment
+        return torch.tensor([_as_int64(seed), offset], dtype=torch.int64, device=device)
+    seed = torch.empty((), dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
     return torch.stack([seed, torch.zeros_like(seed)])
+
+
+def _row_length(logits: torch.Tensor, dim: int) -> int:
+    return logits.shape[dim] if logits.dim() else 1
 
 
 def soft_from_noise(
@@ -117,7 +148,7 @@ def gumbel_softmax(
     if logits.numel() == 0:
         return logits.clone()
     if rng_state is None:
-        rng_state = draw_rng_state(logits.device, generator)
+        rng_state = draw_rng_state(logits.device, generator, _row_length(logits, dim))
     noise = gumbel_noise(logits, dim, rng_state)
     y_soft = soft_from_noise(logits, noise, tau, dim)
     if hard:
@@ -136,8 +167,17 @@ def sample(
     rng_state: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Reference Gumbel-max (num_samples=1) / Gumbel-top-k sampling of category indices."""
+    if logits.numel() == 0:
+        # No row, no draw from the generator, as the fused op (a row of no category is
+        # refused by num_samples >= 1 before this).
+        shape = list(logits.shape)
+        if shape:
+            shape[dim] = num_samples
+            if num_samples == 1:
+                del shape[dim]
+        return torch.empty(shape, dtype=torch.int64, device=logits.device)
     if rng_state is None:
-        rng_state = draw_rng_state(logits.device, generator)
+        rng_state = draw_rng_state(logits.device, generator, _row_length(logits, dim))
     x = logits.to(_acc_dtype(logits.dtype)) + gumbel_noise(logits, dim, rng_state).to(_acc_dtype(logits.dtype))
     if logits.dim() == 0:
         x = x.reshape(1)

@@ -329,28 +329,45 @@ _AVX_REGISTER = re.compile(r"%[yz]mm\d+|%k[0-7]\b")
 
 
 def _compiled_library():
+    """The op library this process loaded: the AOT gumbel_ext._C, or a JIT build (as
+    `make sanitize` uses), read from the process's memory map."""
     try:
-        import gumbel_ext._C as lib
-    except ImportError:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
         return None
-    return lib.__file__
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        path = Path(fields[5]) if len(fields) == 6 else None
+        if path and path.suffix == ".so" and (
+            (path.parent.name == "gumbel_ext" and path.name.startswith("_C.")) or path.name.startswith("gumbel_ext_jit")
+        ):
+            return str(path)
+    return None
 
 
-def test_avx_instructions_only_in_isa_copies():
-    """A binary built here must run on a CPU without AVX-512 (or AVX): every function
-    that uses AVX instructions must belong to an AVX2/AVX512 copy (our namespaces, at::vec's,
-    or the OpenMP bodies outlined from them); see Note [Per-ISA CPU kernels]."""
-    path = _compiled_library()
-    if path is None or shutil.which("objdump") is None:
-        pytest.skip("needs the AOT-built gumbel_ext._C and objdump")
-    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True, text=True,
-                         check=True).stdout
+def _local_function_addresses(path):
+    """Addresses of the file-local functions (nm type 't': static, anonymous namespace,
+    compiler clones such as .isra/.constprop)."""
+    out = subprocess.run(["nm", "--defined-only", path], capture_output=True, text=True, check=True).stdout
+    return {int(f[0], 16) for f in (line.split() for line in out.splitlines()) if len(f) >= 3 and f[1] == "t"}
+
+
+def _avx_offenders(disassembly, local_addresses):
+    """{function: first AVX instruction} for the functions of ``objdump -d`` output that
+    use AVX, are not in an AVX2/AVX512 copy (our namespaces, at::vec's, or the OpenMP
+    bodies outlined from them) and are not file-local. A file-local function is reachable
+    only from its own file: in a baseline file nothing is compiled with AVX flags, and in
+    an ISA file its callers are that copy's functions, which run only once the CPU is
+    known to have the ISA. A global function (weak inline ones included) is not safe: the
+    linker may keep an ISA file's copy for every caller. ASan builds, for one, make local
+    clones of std::string::assign in the ISA files."""
     offenders = {}
     function = None
-    for line in dis.splitlines():
-        header = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+    for line in disassembly.splitlines():
+        header = re.match(r"^([0-9a-f]+) <(.+)>:$", line)
         if header:
-            function = header.group(1)
+            address, name = int(header.group(1), 16), header.group(2)
+            function = None if address in local_addresses else name
             continue
         parts = line.split("\t")
         if function is None or len(parts) < 2:
@@ -359,7 +376,37 @@ def test_avx_instructions_only_in_isa_copies():
         is_avx = mnemonic.startswith("v") or _AVX_REGISTER.search(parts[1]) is not None
         if is_avx and "AVX2" not in function and "AVX512" not in function:
             offenders.setdefault(function, parts[1].strip())
+    return offenders
+
+
+def test_avx_instructions_only_in_isa_copies():
+    """A binary built here must run on a CPU without AVX-512 (or AVX): every function
+    that uses AVX instructions must belong to an AVX2/AVX512 copy; see Note [Per-ISA CPU
+    kernels]."""
+    path = _compiled_library()
+    if path is None or shutil.which("objdump") is None or shutil.which("nm") is None:
+        pytest.skip("needs the AOT-built gumbel_ext._C, objdump and nm")
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True, text=True,
+                         check=True).stdout
+    offenders = _avx_offenders(dis, _local_function_addresses(path))
     assert not offenders, f"AVX code outside the ISA copies: {sorted(offenders.items())[:10]}"
+
+
+def test_avx_check_ignores_only_file_local_functions():
+    """The check's own logic on a made-up listing: AVX in a local clone is ignored, AVX in
+    a global or weak function outside the copies is reported, AVX in a copy is fine."""
+    dis = "\n".join([
+        "0000000000001000 <_ZNSs6assignEPKc.isra.0>:",
+        "    1000:\tvmovdqu %ymm0,(%rdi)",
+        "0000000000002000 <_ZNSs6assignEPKc>:",
+        "    2000:\tvmovdqu %ymm1,(%rsi)",
+        "0000000000003000 <_ZN10gumbel_ext3cpu6AVX5127forwardEv>:",
+        "    3000:\tvaddps %zmm0,%zmm1,%zmm2",
+        "0000000000004000 <_ZN10gumbel_ext3cpu7DEFAULT7forwardEv>:",
+        "    4000:\tmovaps %xmm0,%xmm1",
+    ])
+    assert _avx_offenders(dis, {0x1000}) == {"_ZNSs6assignEPKc": "vmovdqu %ymm1,(%rsi)"}
+    assert set(_avx_offenders(dis, set())) == {"_ZNSs6assignEPKc.isra.0", "_ZNSs6assignEPKc"}
 
 
 # ------------------------------------------------------------ inline log and exp

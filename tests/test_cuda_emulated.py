@@ -295,6 +295,38 @@ def test_tau_rows(emu, shape, dim):
     torch.testing.assert_close(soft.double(), exact_soft(x, dim, state, 1.0, tau_rows), rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("shape,dim", [((6, 40), -1), ((6, 3000), -1), ((6, 30, 3), 1)])
+def test_invalid_tau_rows_give_nan_rows(emu, shape, dim):
+    """Note [tau_rows values]: the CUDA ops never read tau_rows on the host; a row whose
+    tau is not finite and > 0 is NaN in the soft output and the gradients, every other row
+    is untouched, and the hard one-hot does not depend on tau."""
+    x = logits(shape, torch.float32, seed=5)
+    keep = list(shape)
+    keep[dim] = 1
+    tau_rows = torch.full(keep, 0.7)
+    tau_rows.movedim(dim, -1).reshape(-1)[:4] = torch.tensor([-0.5, 0.0, math.inf, math.nan])
+    rows_bad = torch.zeros(tau_rows.numel(), dtype=torch.bool)
+    rows_bad[:4] = True
+    state = state_of(11)
+    good_tau = tau_rows.clone()
+    good_tau.movedim(dim, -1).reshape(-1)[:4] = 1.0  # (dim has size 1: reshape is a view)
+    for smem in (BIG_SMEM, 0):
+        soft, _ = emu.forward(x, 1.0, "soft", dim, state, tau_rows=tau_rows, smem=smem)
+        rows = soft.movedim(dim, -1).reshape(-1, shape[dim])
+        assert rows[rows_bad].isnan().all() and not rows[~rows_bad].isnan().any()
+        want = cpu_forward(x, 1.0, False, dim, state, good_tau).movedim(dim, -1).reshape(-1, shape[dim])
+        torch.testing.assert_close(rows[~rows_bad], want[~rows_bad], **cpu_tol(torch.float32, shape[dim]))
+        hard, _ = emu.forward(x, 1.0, "hard", dim, state, tau_rows=tau_rows, smem=smem)
+        assert torch.equal(hard, cpu_forward(x, 1.0, True, dim, state))
+        grad = torch.ones_like(x)
+        for saved, is_hard in ((soft, False), (x, True)):
+            gl, gt = emu.backward(grad, saved, state, 1.0, is_hard, dim, tau_rows, True, smem=smem)
+            grows = gl.movedim(dim, -1).reshape(-1, shape[dim])
+            assert grows[rows_bad].isnan().all() and not grows[~rows_bad].isnan().any()
+            gt_rows = gt.movedim(dim, -1).reshape(-1)
+            assert gt_rows[rows_bad].isnan().all() and not gt_rows[~rows_bad].isnan().any()
+
+
 @pytest.mark.parametrize("shape,dim", [((6, 40), -1), ((6, 1000), -1), ((6, 3000), -1), ((6, 30, 3), 1)])
 def test_special_values(emu, shape, dim):
     x = logits(shape, torch.float32, seed=4).movedim(dim, -1).contiguous()

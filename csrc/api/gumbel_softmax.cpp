@@ -5,8 +5,6 @@
 // also loads the registrations.
 #include "../gumbel_softmax.h"
 
-#include <c10/util/Exception.h>
-
 #include "../op_handles.h"
 
 namespace gumbel_ext {
@@ -21,12 +19,8 @@ at::Tensor gumbel_softmax(const at::Tensor& logits, double tau, bool hard, int64
 
 at::Tensor sample(const at::Tensor& logits, int64_t num_samples, int64_t dim,
                   std::optional<at::Generator> generator) {
-  at::Tensor out =
-      ops::sample().call(logits.detach(), num_samples, dim, std::move(generator), std::nullopt);
-  // The op skips the count check when there is nothing to sample; functional.py does not.
-  TORCH_CHECK_VALUE(num_samples >= 1, "gumbel_ext.sample: num_samples must be >= 1, got ",
-                    num_samples);
-  return out;
+  // The op checks num_samples with or without rows, as functional.py does.
+  return ops::sample().call(logits.detach(), num_samples, dim, std::move(generator), std::nullopt);
 }
 
 }  // namespace gumbel_ext

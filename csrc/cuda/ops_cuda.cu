@@ -124,8 +124,7 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad, const a
 }
 
 at::Tensor noise_cuda(const at::Tensor& logits, int64_t dim, const at::Tensor& rng_state) {
-  check_dim(logits, dim);
-  check_rng_state(rng_state, logits);
+  check_noise_args(logits, dim, rng_state);
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor out = at::empty(logits.sizes(), logits.options().dtype(at::kFloat));
   if (logits.numel() == 0) return out;
@@ -181,16 +180,12 @@ void topk_cuda(const at::Tensor& input, at::Tensor& rows_k, const RowLayout& lay
 at::Tensor sample_cuda(const at::Tensor& logits, int64_t num_samples, int64_t dim,
                        std::optional<at::Generator> generator,
                        const std::optional<at::Tensor>& rng_state) {
-  check_logits(logits);
-  check_dim(logits, dim);
-  check_generator_device(generator, logits);
-  if (rng_state.has_value()) check_rng_state(*rng_state, logits);
+  check_sample_args(logits, num_samples, dim, generator, rng_state);
   const c10::cuda::CUDAGuard guard(logits.device());
   const RowLayout layout = row_layout(logits, dim);
   if (layout.rows() == 0) {
     return at::empty(sample_shape(logits, dim, num_samples), logits.options().dtype(at::kLong));
   }
-  check_num_samples(logits, num_samples, layout);
   at::Tensor rows_k = at::empty({layout.rows(), num_samples}, logits.options().dtype(at::kLong));
   const cuda::Rng rng = make_rng(logits, generator, rng_state, layout.length, nullptr);
   const at::Tensor input = logits.contiguous();

@@ -31,9 +31,15 @@ constexpr int warp_rows_per_block() {
 // Threads per block of the kernels parallel over the inner dim.
 constexpr int kSpatialThreads = 256;
 
+// Note [tau_rows values] (csrc/ops.cpp): the CUDA ops cannot refuse a tau_rows entry that
+// is not finite and > 0 without a device sync, so such a row gets 1/tau = NaN: its soft
+// output and its gradients are NaN, as for a NaN logit (a hard one-hot does not depend on
+// tau).
 template <typename acc_t>
 __device__ __forceinline__ acc_t row_inv_tau(const acc_t* tau_rows, double inv_tau, int64_t r) {
-  return tau_rows != nullptr ? acc_t(1) / tau_rows[r] : static_cast<acc_t>(inv_tau);
+  if (tau_rows == nullptr) return static_cast<acc_t>(inv_tau);
+  const acc_t t = tau_rows[r];
+  return t > acc_t(0) && is_finite(t) ? acc_t(1) / t : quiet_nan<acc_t>();
 }
 
 // One row of a block or spatial kernel: y_c = exp((x_c - X) * inv_tau) / S, or NaN

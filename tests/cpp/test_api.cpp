@@ -182,6 +182,12 @@ void test_bad_input() {
   EXPECT_THROWS(c10::TypeError, gumbel_ext::sample(at::ones({4, 10}, at::kInt)), "floating point");
   EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(x, 11), "exceeds the 10 categories");
   EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(x, 0), "num_samples");
+  // No row to sample: num_samples is still checked (-1 used to reach at::empty).
+  const at::Tensor no_rows = at::zeros({0, 10});
+  EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(no_rows, 0), "num_samples must be >= 1");
+  EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(no_rows, -1), "num_samples must be >= 1");
+  EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(no_rows, 11), "exceeds the 10 categories");
+  EXPECT(gumbel_ext::sample(no_rows, 3).sizes() == at::IntArrayRef({0, 3}));
 }
 
 // Runs only where a CUDA kernel is registered and a device is present (a GPU box).
