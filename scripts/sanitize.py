@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD_DIR = ROOT / "build-sanitize"
 SANITIZE_FLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g1"
 
-# Every suite that runs the CPU ops. test_cpu_isa.py and the golden noise test set each
-# copy themselves, so they run once; the CUDA suites, the benchmark suite and the
+# Every suite that runs the CPU ops. test_cpu_isa.py, test_layouts.py and the golden noise
+# test set each copy themselves, so they run once; the CUDA suites, the benchmark suite and the
 # build-path and release suites (which compile their own, uninstrumented, builds) are left
 # out.
 PER_COPY_SUITES = [
@@ -40,7 +40,7 @@ PER_COPY_SUITES = [
     "tests/test_torch_integration.py",
     "tests/test_reference_rng.py",
 ]
-ONCE_SUITES = ["tests/test_cpu_isa.py", "tests/golden/test_golden_noise.py"]
+ONCE_SUITES = ["tests/test_cpu_isa.py", "tests/test_layouts.py", "tests/golden/test_golden_noise.py"]
 # The "no AVX outside the ISA copies" check is about the shipped build (make test runs it
 # there). Under ASan, GCC 12 no longer inlines std::vector<long>::_M_default_append in the
 # ISA files and emits weak AVX copies of it there, and only there: no baseline object
