@@ -61,7 +61,7 @@ PROBES: Dict[str, Probe] = {
 }
 # Counts above their issue-#11 budget today, with the ceiling CI holds them under (the
 # count after the one-noise-algorithm change, plus 10% for compiler drift) until the
-# kernel restructuring of issue #11 lands; see the README's table for why.
+# kernel restructuring of issue #11 lands; see docs/performance.md's table for why.
 KNOWN_OVER: Dict[str, float] = {
     "noise (one draw)": 59,
     "soft fwd, warp/row (4096x1000)": 93,

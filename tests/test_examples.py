@@ -66,7 +66,7 @@ def _patched_with(fn):
 def test_discrete_vae_agreement_check_catches_a_wrong_sampler(tmp_path, capsys, monkeypatch):
     """A sampler that draws from softmax(logits / 2) instead of softmax(logits) -- noise of
     the right kind, the wrong distribution -- must fail the example's check."""
-    vae = load("discrete_vae")
+    vae = load_vae()
 
     def wrong(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):
         return gumbel_ext.gumbel_softmax(logits / 2, tau=tau, hard=hard, dim=dim)
@@ -78,20 +78,17 @@ def test_discrete_vae_agreement_check_catches_a_wrong_sampler(tmp_path, capsys, 
 
 # --------------------------------------------------------------------- token_sampling.py
 def test_token_sampling_quick(capsys):
-    """Runs against the installed gumbel_ext: the per-request part when sample has the
-    arguments of issue #13, else the example must say it skips it."""
+    """Runs against the installed gumbel_ext: every seeded request keeps its tokens, and the
+    contrast (one generator for the batch) shows tokens that change."""
     tokens = load("token_sampling")
     assert tokens.main(["--quick"]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    if tokens.has_per_request_sampling():
-        assert "-> the same tokens" in out
-    else:
-        assert "skipping the per-request part" in out
-    assert "one generator for the whole batch" in out
+    assert "-> the same tokens" in out and "the two batch orders: the same tokens" in out
+    assert "one generator for the whole batch" in out and "different from token" in out
 
 
 def _stand_in_sample(row_key):
-    """A plain-PyTorch sampler with issue #13's signature: temperature, then top-k, top-p,
+    """A plain-PyTorch sampler with gumbel_ext.sample's signature: temperature, then top-k, top-p,
     min-p, then Gumbel-max with noise from a generator seeded by row_key(row, seed,
     offset). With row_key independent of the row's position it is batch-invariant."""
 
@@ -127,12 +124,11 @@ def _stand_in_sample(row_key):
 
 
 def test_token_sampling_per_request_path(monkeypatch, capsys):
-    """The per-request part of the example, run with a stand-in for issue #13's sample (so
-    it is exercised before that lands), and with a broken stand-in whose noise follows the
-    row's batch position, which the example must catch."""
+    """The example's check can fail: with a plain-PyTorch stand-in for sample it passes,
+    and with a broken stand-in whose noise follows the row's batch position it must
+    catch the change."""
     tokens = load("token_sampling")
     monkeypatch.setattr(gumbel_ext, "sample", _stand_in_sample(lambda r, seed, offset: seed * 1_000_003 + offset))
-    assert tokens.has_per_request_sampling()
     assert tokens.main(["--quick"]) == 0, capsys.readouterr().out
     assert "-> the same tokens" in capsys.readouterr().out
 
@@ -141,11 +137,9 @@ def test_token_sampling_per_request_path(monkeypatch, capsys):
     assert "TOKENS CHANGED" in capsys.readouterr().out
 
 
-def test_stand_in_has_the_issue_13_signature():
-    """If gumbel_ext.sample has grown the per-request arguments, the stand-in above must
-    still mirror them (names and order), or the test above tests something else."""
+def test_stand_in_has_the_signature_of_sample():
+    """The stand-in above must mirror gumbel_ext.sample's arguments (names and order), or
+    the test above tests something else."""
     real = inspect.signature(gumbel_ext.sample).parameters
     stand_in = inspect.signature(_stand_in_sample(None)).parameters
-    if "seeds" not in real:
-        pytest.skip("gumbel_ext.sample has no per-request arguments yet (issue #13)")
     assert list(real) == list(stand_in)

@@ -69,8 +69,8 @@ def test_changelog_states_this_release_and_its_noise_version():
     assert noise and int(noise.group(1)) == gumbel_ext.NOISE_VERSION, (
         "CHANGELOG.md's latest release must say which noise version it has (gumbel_ext.NOISE_VERSION)"
     )
-    readme = (ROOT / "README.md").read_text()
-    assert f"`gumbel_ext.NOISE_VERSION` (today {gumbel_ext.NOISE_VERSION})" in readme
+    semantics = (ROOT / "docs" / "semantics.md").read_text()
+    assert f"`gumbel_ext.NOISE_VERSION` (today {gumbel_ext.NOISE_VERSION})" in semantics
 
 
 def test_license_and_metadata():
