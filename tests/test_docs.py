@@ -124,10 +124,37 @@ def test_public_parameters_are_documented(name):
     assert documented == params, f"gumbel_ext.{name}: signature {params}, docstring documents {documented}"
 
 
+def heading_anchors(text: str) -> set:
+    """The anchors GitHub gives a Markdown file's headings: lowercased, punctuation dropped,
+    spaces to hyphens, a repeated one suffixed -1, -2, ... (fenced code is not headings)."""
+    text = FENCE.sub("", text)
+    seen: dict = {}
+    anchors = set()
+    for title in re.findall(r"^#{1,6}\s+(.*?)\s*#*\s*$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
 def test_relative_links_in_docs_resolve():
-    link = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+    """Every relative link of the README and docs/ points at a file that exists, and a link
+    to a heading of a Markdown file (file.md#heading) at a heading that exists."""
+    link = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
     for path in DOC_FILES:
-        for target in link.findall(path.read_text()):
+        for target, anchor in link.findall(path.read_text()):
             if "://" in target:
                 continue
-            assert (path.parent / target).exists(), f"{path.relative_to(ROOT)} links to {target}, which does not exist"
+            file = (path.parent / target) if target else path
+            assert file.exists(), f"{path.relative_to(ROOT)} links to {target}, which does not exist"
+            if anchor and file.suffix == ".md":
+                assert anchor in heading_anchors(file.read_text()), (
+                    f"{path.relative_to(ROOT)} links to {target}#{anchor}: no such heading in {file.name}"
+                )
+
+
+def test_heading_anchors_follow_github():
+    text = "# API reference\n## Loading and environment variables\n### `gumbel_ext.sample`\n" \
+           "## The documentation's code\n## Errors\n## Errors\n```python\n# not a heading\n```\n"
+    assert heading_anchors(text) == {"api-reference", "loading-and-environment-variables", "gumbel_extsample",
+                                     "the-documentations-code", "errors", "errors-1"}
