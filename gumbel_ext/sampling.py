@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from . import _ops, reference
+from . import _keyed_noise, _ops, reference
 
 Scalar = Union[int, float, torch.Tensor, None]
 
@@ -148,15 +148,16 @@ def seeded_noise(logits: torch.Tensor, dim: int, seeds: torch.Tensor, offsets: t
     row r's column c gets what ``sample(..., seeds=seeds, offsets=offsets)`` perturbs
     its logit c with. ``seeds`` / ``offsets`` flattened to [rows] by ``_rows_tensor``."""
     x = logits.reshape(1) if logits.dim() == 0 else logits.movedim(dim, -1)
-    rows = seeds.numel()
-    g = reference.keyed_noise(seeds, offsets, torch.zeros_like(seeds), x.shape[-1]).reshape(x.shape)
+    # The fused op where the device has it: bit for bit the noise sample(seeds=) uses.
+    g = _keyed_noise.keyed_noise(seeds, offsets, torch.zeros_like(seeds), 0, x.shape[-1]).reshape(x.shape)
     return g.reshape(()) if logits.dim() == 0 else g.movedim(-1, dim)
 
 
 def gumbel_softmax_seeded(logits: torch.Tensor, tau, hard: bool, dim: int, seeds, offsets) -> torch.Tensor:
     """``gumbel_softmax`` with per-row seeds: the noise is a function of (seeds, offsets)
     alone, so forward and backward (autograd through torch ops) see the same draws, and an
-    RL trainer regenerates a rollout's noise from the same tensors. Not fused."""
+    RL trainer regenerates a rollout's noise from the same tensors. The noise is the fused
+    gumbel_ext::keyed_noise (bit-identical to sample(seeds=)); the softmax runs in torch ops."""
     if offsets is not None and seeds is None:
         raise ValueError("gumbel_ext.gumbel_softmax: offsets given without seeds; pass seeds (offsets default to 0)")
     for name, t in (("seeds", seeds), ("offsets", offsets)):

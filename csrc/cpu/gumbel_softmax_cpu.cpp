@@ -224,5 +224,9 @@ void sample_filtered(const SampleArgs& a, const void* logits, int64_t* out, floa
   active().sample_filtered(a, logits, out, logprobs);
 }
 
+void keyed_noise(const KeyedNoiseArgs& a, float* out) {
+  active().keyed_noise(a, out);
+}
+
 }  // namespace cpu
 }  // namespace gumbel_ext

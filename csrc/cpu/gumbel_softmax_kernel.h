@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "group_kernels.h"
+#include "keyed_noise_kernel.h"
 #include "kernel_table.h"
 #include "row_kernels.h"
 #include "sample_kernels.h"
@@ -423,7 +424,7 @@ inline void sample_filtered(const SampleArgs& a, const void* logits, int64_t* ou
 // Constant-initialized: no code runs at load time (see Note [Per-ISA CPU kernels]).
 extern const KernelTable kKernels;
 const KernelTable kKernels = {GUMBEL_EXT_STRINGIFY(CPU_CAPABILITY), &forward, &backward, &noise_kernel, &sample,
-                               &vec_math, &sample_filtered};
+                               &vec_math, &sample_filtered, &keyed_noise};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

@@ -76,6 +76,14 @@ struct SampleArgs {
   const int64_t *seeds, *offsets;
 };
 
+// gumbel_ext::keyed_noise (csrc/cpu/keyed_noise_kernel.h): out is float32 [rows, length];
+// row j is the noise contract's row row_ctr[j] under key keys[j], counter start
+// offsets[j], global columns col_start .. col_start + length - 1.
+struct KeyedNoiseArgs {
+  int64_t rows, col_start, length;
+  const int64_t *keys, *offsets, *row_ctr;
+};
+
 struct KernelTable {
   const char* name;
   void (*forward)(const KernelArgs& a, const void* logits, const Strides& ls, void* out, bool hard);
@@ -89,6 +97,7 @@ struct KernelTable {
   void (*vec_math)(const float* x, float* y, int64_t n, int fn);
   // logprobs: float32 [rows, num_samples], or null.
   void (*sample_filtered)(const SampleArgs& a, const void* logits, int64_t* out, float* logprobs);
+  void (*keyed_noise)(const KeyedNoiseArgs& a, float* out);
 };
 
 }  // namespace cpu

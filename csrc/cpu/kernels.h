@@ -36,6 +36,9 @@ void sample(const at::Tensor& logits, at::Tensor& out, const RowLayout& layout, 
 // gumbel_ext::sample_filtered on rows x length contiguous logits (csrc/cpu/sample_kernels.h).
 void sample_filtered(const SampleArgs& a, const void* logits, int64_t* out, float* logprobs);
 
+// gumbel_ext::keyed_noise: any columns of any rows of the noise contract (keyed_noise_kernel.h).
+void keyed_noise(const KeyedNoiseArgs& a, float* out);
+
 // Which per-ISA copy of the kernels runs (Note [Per-ISA CPU kernels] in kernel_table.h):
 // "default", "avx2" or "avx512". The first call picks the best one this CPU supports, or
 // the one GUMBEL_EXT_CPU_CAPABILITY names.
