@@ -1,0 +1,233 @@
+"""Vocabulary-parallel ``sample``: each rank's local Gumbel-max candidates (value, GLOBAL
+index), exchanged in one all_gather, merge to exactly the unsharded sample.
+
+Note [Same float operations as the unsharded op]
+The merge is exact only if every rank computes each element's key with the very float
+operations of the unsharded op (csrc/cpu/group_kernels.h / sample_kernels.h):
+  - plain path (temperature 1.0, no seeds, no log-probs; the op gumbel_ext::sample):
+    key = acc(x) + g, acc = float32 (float64 for float64 logits);
+  - sampler path (gumbel_ext::sample_filtered): key = (acc(x) - M) / acc(T) + g with M the
+    ROW's max over the whole vocabulary -- one all_reduce MAX of [rows] first -- and greedy
+    rows (T == 0) ranked by acc(x) itself, no noise.
+g is the fused noise of the element's global (row, column), bit for bit (keyed_noise), so
+each key equals the unsharded one, and (key, index) pairs carried exactly (float64 holds
+every float32 and every index < 2^53) merge by value, then lowest index: the unsharded
+argmax / Gumbel-top-k rule. Log-probs need sum exp(z) over the vocabulary: a per-row partial
+sum in the same exchange (float64; its summation order differs, so log-probs agree within
+float rounding, not bit for bit)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from .. import sampling
+from ..functional import _check_generator, _check_logits, _wrap_dim
+from . import _comm, _layout, _noise
+
+_NAME = "gumbel_ext.distributed.sample"
+_PAD_INDEX = float(2**53)  # a pad candidate's index: after every real one on ties
+
+
+def _local_topk(key: torch.Tensor, k: int):
+    """The k largest keys of each row (k <= length), lowest index on ties, in drawn order:
+    (values [R, k], local indices [R, k])."""
+    if k == 1:
+        v, i = key.max(dim=-1, keepdim=True)  # the first maximal index
+        return v, i
+    vals, idx = key.topk(k, dim=-1)
+    kth = vals[:, -1:]
+    exact = (key >= kth).sum(-1) == k  # no tie straddles the cut: topk's set is the answer
+    if not bool(exact.all()):
+        order = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :k]
+        idx = torch.where(exact.unsqueeze(-1), idx, order)
+        vals = key.gather(-1, idx)
+    # Order the chosen set by (value desc, index asc).
+    by_index = torch.sort(idx, dim=-1, stable=True)
+    idx, vals = by_index.values, vals.gather(-1, by_index.indices)
+    by_value = torch.sort(vals, dim=-1, descending=True, stable=True)
+    return by_value.values, idx.gather(-1, by_value.indices)
+
+
+def _merge(values: torch.Tensor, index: torch.Tensor, k: int):
+    """values/index [R, n] (float64) -> the k best by (value desc, index asc): positions."""
+    by_index = torch.sort(index, dim=-1, stable=True).indices
+    v = values.gather(-1, by_index)
+    by_value = torch.sort(v, dim=-1, descending=True, stable=True).indices
+    return by_index.gather(-1, by_value)[:, :k]
+
+
+def _first_failing_row(*masks: torch.Tensor) -> Optional[int]:
+    bad = masks[0]
+    for m in masks[1:]:
+        bad = bad | m
+    rows = bad.nonzero()
+    return int(rows[0]) if len(rows) else None
+
+
+def sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, group=None,
+           temperature=1.0, top_k=None, top_p=None, min_p=None, seeds: Optional[torch.Tensor] = None,
+           offsets: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+           return_logprobs: bool = False, column_offset: Optional[int] = None, _row_start: int = 0):
+    """See gumbel_ext.distributed.sample."""
+    device = local_logits.device if isinstance(local_logits, torch.Tensor) else torch.device("cpu")
+    error = None
+    x = None
+    key = key_offset = 0
+    seeded = False
+    mode = params = 0
+    try:
+        _check_logits(local_logits, "distributed.sample")
+        x = local_logits.detach()
+        dim = _wrap_dim(x, dim)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"{_NAME}: num_samples must be an int >= 1, got {num_samples!r}")
+        filters = [n for n, v in (("top_k", top_k), ("top_p", top_p), ("min_p", min_p)) if v is not None]
+        if filters:
+            raise NotImplementedError(f"{_NAME}: the filters {', '.join(filters)} are not supported "
+                                      "vocabulary-parallel yet (docs/distributed.md); gather the logits and "
+                                      "call gumbel_ext.sample")
+        if column_offset is not None and (isinstance(column_offset, bool) or not isinstance(
+                column_offset, numbers.Integral) or column_offset < 0):
+            raise ValueError(f"{_NAME}: column_offset must be an int >= 0, got {column_offset!r}")
+        _check_generator(generator, x)
+        plain = (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+                 and temperature == 1.0 and seeds is None and offsets is None and return_logprobs is False)
+        temp, temp_rows = sampling._scalar_or_rows(
+            "temperature", temperature, 1.0, x, dim, False,
+            lambda t: sampling._finite(t) & (t >= 0), "finite and >= 0")
+        if not isinstance(return_logprobs, bool):
+            raise TypeError(f"{_NAME}: return_logprobs must be a bool, got {type(return_logprobs).__name__}")
+        if offsets is not None and seeds is None:
+            raise ValueError(f"{_NAME}: offsets given without seeds; pass seeds (offsets default to 0)")
+        if seeds is not None:
+            if generator is not None:
+                raise ValueError(f"{_NAME}: pass seeds/offsets or a generator, not both")
+            for n, t in (("seeds", seeds), ("offsets", offsets)):
+                if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != torch.int64):
+                    raise TypeError(f"{_NAME}: {n} must be an int64 tensor")
+            seeds = sampling._rows_tensor("seeds", seeds, x, dim, torch.int64, True)
+            offsets = (torch.zeros_like(seeds) if offsets is None
+                       else sampling._rows_tensor("offsets", offsets, x, dim, torch.int64, True))
+            if offsets.numel() and bool((offsets < 0).any()):
+                raise ValueError(f"{_NAME}: every entry of offsets must be >= 0")
+            seeded = True
+            key, key_offset = _layout.tensor_hash(seeds), _layout.tensor_hash(offsets)
+        elif x.numel():
+            key, key_offset = _noise.read_key(device, generator)
+        mode = num_samples * 4 + int(plain) * 2 + int(return_logprobs)
+        params = _layout.float_bits(temp) ^ _layout.tensor_hash(temp_rows)
+    except Exception as e:  # reported to every rank by the exchange
+        error = e
+    lay = _layout.exchange(_NAME, 1, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
+                           error)
+    if not seeded and x.numel():
+        _noise.advance_key(device, generator, lay.vocab)
+    if num_samples > lay.vocab:
+        raise ValueError(f"{_NAME}: num_samples={num_samples} exceeds the {lay.vocab} categories along dim "
+                         "(sampling without replacement)")
+    return _sample_rows(x, dim, num_samples, lay, plain, temp, temp_rows, seeds, offsets, return_logprobs,
+                        _row_start)
+
+
+def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_logprobs, row_start):
+    rows_view = x.reshape(1, 1) if x.dim() == 0 else x.movedim(dim, -1)
+    batch = list(rows_view.shape[:-1])
+    L = rows_view.shape[-1]
+    R = 1
+    for d in batch:
+        R *= d
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if R == 0:
+        idx = _shape(torch.empty((0, k), dtype=torch.int64, device=x.device), batch, k, dim, x.dim())
+        return (idx, idx.to(torch.float32)) if return_logprobs else idx
+    xa = rows_view.reshape(R, L).to(acc)
+    g = _noise.local_noise(R, x.device, lay.key, lay.key_offset, seeds, offsets, row_start, lay.col_start, L).to(acc)
+    W = lay.world
+    if plain:
+        key = xa + g
+        greedy = None
+    else:
+        # Global row max and NaN/+inf flags: one all_reduce MAX of [R, 2].
+        local = torch.full((R, 2), float("-inf"), dtype=torch.float64, device=x.device)
+        if L:
+            m = xa.amax(-1)
+            bad = ~(m < float("inf"))  # NaN or +inf in the slice
+            local[:, 0] = torch.where(bad, torch.full_like(m, float("-inf")), m).double()
+            local[:, 1] = bad.double()
+        _comm.all_reduce(local, dist.ReduceOp.MAX, lay.group)
+        M_glob, bad_glob = local[:, 0], local[:, 1] > 0
+        r = _first_failing_row(bad_glob, M_glob == float("-inf"))
+        if r is not None:
+            if bool(bad_glob[r]):
+                raise ValueError(f"gumbel_ext.sample: row {r} of the logits holds NaN or +inf")
+            raise ValueError(f"gumbel_ext.sample: row {r} has no finite logit to draw from (all -inf)")
+        M = M_glob.to(acc).unsqueeze(-1)
+        T = (temp_rows.to(acc) if temp_rows is not None else torch.full((R,), temp, dtype=acc,
+                                                                          device=x.device)).unsqueeze(-1)
+        greedy = T == 0
+        T_eff = torch.where(greedy, torch.ones_like(T), T)
+        z = (xa - M) / T_eff
+        key = torch.where(greedy, xa, z + g)
+    # Local candidates: the min(k, L) best, padded to k.
+    kk = min(k, L)
+    cand = torch.full((R, k), float("-inf"), dtype=torch.float64, device=x.device)
+    cidx = torch.full((R, k), _PAD_INDEX, dtype=torch.float64, device=x.device)
+    czed = torch.zeros((R, k), dtype=torch.float64, device=x.device)
+    if kk:
+        v, i = _local_topk(key, kk)
+        cand[:, :kk] = v.double()
+        cidx[:, :kk] = (i + lay.col_start).double()
+        if not plain:
+            czed[:, :kk] = z.gather(-1, i).double()
+    parts = [cand, cidx]
+    if not plain:
+        sum_e = torch.exp(z).double().sum(-1, keepdim=True) if L else torch.zeros((R, 1), dtype=torch.float64,
+                                                                                    device=x.device)
+        parts += [czed, sum_e]
+    packed = torch.cat(parts, dim=-1).contiguous()
+    gathered = torch.empty((W * R, packed.shape[1]), dtype=torch.float64, device=x.device)
+    _comm.all_gather(gathered, packed, lay.group)  # rank-major along dim 0
+    gathered = gathered.view(W, R, -1)
+    g_vals = gathered[:, :, :k].permute(1, 0, 2).reshape(R, W * k)
+    g_idx = gathered[:, :, k:2 * k].permute(1, 0, 2).reshape(R, W * k)
+    pick = _merge(g_vals, g_idx, k)
+    best_vals = g_vals.gather(-1, pick)
+    best_idx = g_idx.gather(-1, pick)
+    if plain:
+        bad = ~(g_vals < float("inf")).all(-1)  # NaN or +inf anywhere
+        short = (best_vals == float("-inf")).any(-1)
+        r = _first_failing_row(bad, short)
+        if r is not None:
+            if bool(bad[r]):
+                raise ValueError(f"gumbel_ext.sample: row {r} of the logits holds NaN or +inf")
+            if k == 1:
+                raise ValueError(f"gumbel_ext.sample: row {r} has no finite logit to draw from (all -inf)")
+            raise ValueError(f"gumbel_ext.sample: num_samples={k} exceeds the finite logits of row {r} "
+                             "(sampling without replacement)")
+    else:
+        short = (best_vals == float("-inf")).any(-1) & ~greedy.squeeze(-1)
+        r = _first_failing_row(short)
+        if r is not None:
+            raise ValueError(f"gumbel_ext.sample: num_samples={k} exceeds the tokens row {r} keeps after "
+                             "filtering (sampling without replacement)")
+    idx = best_idx.to(torch.int64)
+    lp = None
+    if return_logprobs:
+        g_z = gathered[:, :, 2 * k:3 * k].permute(1, 0, 2).reshape(R, W * k)
+        total = gathered[:, :, 3 * k].sum(0).unsqueeze(-1)  # [R, 1]
+        lp = (g_z.gather(-1, pick) - torch.log(total)).to(torch.float32)
+    idx, lp = _shape(idx, batch, k, dim, x.dim()), (None if lp is None else _shape(lp, batch, k, dim, x.dim()))
+    return (idx, lp) if return_logprobs else idx
+
+
+def _shape(t: torch.Tensor, batch, k: int, dim: int, ndim: int) -> torch.Tensor:
+    """[R, k] -> the unsharded op's output shape (dim removed for k == 1, else replaced by k)."""
+    if ndim == 0:
+        return t.reshape(()) if k == 1 else t.reshape(k)
+    if k == 1:
+        return t.reshape(batch)
+    return t.reshape(batch + [k]).movedim(-1, dim)
