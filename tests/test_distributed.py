@@ -1,0 +1,346 @@
+"""gumbel_ext.distributed on CPU with gloo: one pool of 3 worker processes for the whole
+module (tests/distributed_workers.py), world sizes 1, 2 and 3 as groups of its first
+ranks. Every rank's result is compared with the single-process gumbel_ext call on the
+concatenated logits: torch.equal for sample and hard=True, a tolerance for soft outputs
+and gradients (docs/distributed.md: the sum-exp runs in another order)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import socket
+
+import pytest
+import torch
+
+import gumbel_ext
+import gumbel_ext.distributed as gd
+
+import distributed_workers as dw
+
+POOL = 3
+TIMEOUT = 90  # seconds a case may take before the test fails (a hang is a failure)
+
+# Uneven splits (a vocabulary not divisible by the world size), one with a 1-column slice.
+SPLITS = {1: [[37]], 2: [[18, 19], [1, 36]], 3: [[12, 12, 13], [20, 1, 16]]}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pool:
+    def __init__(self):
+        ctx = mp.get_context("spawn")
+        port = _port()
+        self.inboxes = [ctx.Queue() for _ in range(POOL)]
+        self.outbox = ctx.Queue()
+        self.procs = [ctx.Process(target=dw.serve, args=(r, POOL, port, self.inboxes[r], self.outbox), daemon=True)
+                      for r in range(POOL)]
+        for p in self.procs:
+            p.start()
+        for _ in range(POOL):
+            self.outbox.get(timeout=TIMEOUT)
+
+    def run(self, case, world, spec):
+        """[(status, value, counts)] for ranks 0 .. world - 1."""
+        for box in self.inboxes:
+            box.put((case, world, spec))
+        out = {}
+        try:
+            for _ in range(POOL):
+                rank, result, counts = self.outbox.get(timeout=TIMEOUT)
+                out[rank] = (result, counts)
+        except queue.Empty:
+            self.close(kill=True)
+            pytest.fail(f"{case}: no answer from every rank within {TIMEOUT} s (a hang)")
+        return [(out[r][0][0], out[r][0][1], out[r][1]) for r in range(world)]
+
+    def close(self, kill=False):
+        for box in self.inboxes:
+            box.put(None)
+        for p in self.procs:
+            p.join(timeout=0 if kill else 10)
+            if p.is_alive():
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = Pool()
+    yield p
+    p.close()
+
+
+def _ok(results):
+    for status, value, _ in results:
+        assert status == "ok", value[2] if status == "error" else value
+    return [v for _, v, _ in results]
+
+
+def _cases(world):
+    return [(world, s) for s in SPLITS[world]]
+
+
+WORLD_SPLITS = _cases(1) + _cases(2) + _cases(3)
+
+
+# ------------------------------------------------------------------------------- sample
+SAMPLE_KWARGS = [
+    {},
+    {"temperature": 0.7},
+    {"seeds": "rows", "offsets": "rows"},
+    {"temperature": "mixed", "seeds": "rows", "return_logprobs": True},
+    {"temperature": 1.3, "return_logprobs": True},
+]
+
+
+def _materialize(kw, rows_shape):
+    kw = dict(kw)
+    n = 1
+    for d in rows_shape:
+        n *= d
+    if kw.get("seeds") == "rows":
+        kw["seeds"] = (torch.arange(n, dtype=torch.int64) * 7919 - 3).reshape(rows_shape)
+    if kw.get("offsets") == "rows":
+        kw["offsets"] = (torch.arange(n, dtype=torch.int64) * 4 + (1 << 40)).reshape(rows_shape)
+    if kw.get("temperature") == "mixed":  # greedy and sampled rows in one batch
+        kw["temperature"] = torch.tensor([0.0, 0.5, 1.0, 2.0] * n)[:n].reshape(rows_shape)
+    return kw
+
+
+def _expected_sample(full, dim, k, kw, seed=0):
+    torch.manual_seed(seed)
+    return gumbel_ext.sample(full, k, dim, **kw)
+
+
+@pytest.mark.parametrize("world,sizes", WORLD_SPLITS)
+@pytest.mark.parametrize("kwargs", SAMPLE_KWARGS, ids=lambda k: "-".join(k) or "plain")
+def test_sample_equals_unsharded(pool, world, sizes, kwargs):
+    torch.manual_seed(world)
+    full = torch.randn(4, 37) * 3
+    kw = _materialize(kwargs, [4])
+    results = _ok(pool.run("case_sample", world, {"full": full, "dim": 1, "sizes": sizes, "kwargs": kw}))
+    expected = _expected_sample(full, 1, 1, kw)
+    for got in results:
+        if kw.get("return_logprobs"):
+            assert torch.equal(got[0], expected[0])
+            torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=0)
+        else:
+            assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("world,sizes", [(2, [1, 12]), (3, [4, 4, 5])])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("num_samples", [1, 3])
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.5, "seeds": "rows"}], ids=["plain", "sampler"])
+def test_sample_3d_dim_not_last(pool, world, sizes, dtype, num_samples, kwargs):
+    torch.manual_seed(num_samples)
+    full = (torch.randn(2, 13, 3) * 2).to(dtype)
+    kw = _materialize(kwargs, [2, 3])
+    results = _ok(pool.run("case_sample", world, {"full": full, "dim": 1, "sizes": sizes, "kwargs": kw,
+                                                  "num_samples": num_samples}))
+    expected = _expected_sample(full, 1, num_samples, kw)
+    for got in results:
+        assert torch.equal(got, expected)
+
+
+def test_sample_ties_and_masks(pool):
+    """Ties across ranks (greedy, bf16-like repeated values) go to the lowest global index;
+    -inf masks are never drawn."""
+    full = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, -float("inf"), 2.0],
+                         [-float("inf"), -float("inf"), 5.0, 5.0, 5.0, 1.0, 1.0]])
+    for kw, k in (({"temperature": 0.0}, 3), ({"temperature": 0.0}, 1), ({}, 2)):
+        results = _ok(pool.run("case_sample", 3, {"full": full, "dim": 1, "sizes": [2, 2, 3], "kwargs": kw,
+                                                   "num_samples": k}))
+        expected = _expected_sample(full, 1, k, kw)
+        for got in results:
+            assert torch.equal(got, expected)
+
+
+def test_sample_communication_is_o_rows(pool):
+    """Calls and bytes per call do not grow with the vocabulary: 2 collectives (metadata,
+    candidates) for the plain path, 3 with temperature (the row max first)."""
+    per_vocab = {}
+    for V in (40, 4000):
+        full = torch.randn(6, V)
+        for kw, calls in (({}, 2), ({"temperature": 0.8}, 3)):
+            res = pool.run("case_sample", 2, {"full": full, "dim": 1, "sizes": [V // 2, V - V // 2], "kwargs": kw})
+            _ok(res)
+            for _, _, counts in res:
+                assert counts["calls"] == calls, counts["names"]
+                assert set(counts["names"]) <= {"all_gather_single", "all_gather_into_tensor", "all_reduce"}
+                per_vocab.setdefault((V, calls), []).append(counts["bytes"])
+    for calls in (2, 3):
+        assert per_vocab[(40, calls)] == per_vocab[(4000, calls)]
+        assert max(per_vocab[(4000, calls)]) <= 22 * 8 + 6 * 3 * 8 * 2  # metadata + O(rows) pairs
+
+
+# ------------------------------------------------------------------------------ softmax
+def _expected_softmax(full, dim, kw, weight, seed=0):
+    x = full.clone().requires_grad_()
+    torch.manual_seed(seed)
+    y = gumbel_ext.gumbel_softmax(x, dim=dim, **kw)
+    (y * weight).sum().backward()
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("world,sizes", WORLD_SPLITS)
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("seeded", [False, True])
+def test_gumbel_softmax_equals_unsharded(pool, world, sizes, hard, seeded):
+    torch.manual_seed(10 + world)
+    full = torch.randn(3, 37)
+    weight = torch.randn(3, 37)
+    kw = {"tau": 0.7, "hard": hard}
+    if seeded:
+        kw["seeds"] = torch.tensor([5, -6, 1 << 62])
+    results = _ok(pool.run("case_softmax", world, {"full": full, "dim": 1, "sizes": sizes, "kwargs": kw,
+                                                    "weight": weight}))
+    y_ref, g_ref = _expected_softmax(full, 1, kw, weight)
+    for rank, (y, g) in enumerate(results):
+        y_slice = dw.local_part(y_ref, 1, sizes, rank)
+        g_slice = dw.local_part(g_ref, 1, sizes, rank)
+        if hard:
+            assert torch.equal(y, y_slice)
+        else:
+            torch.testing.assert_close(y, y_slice, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g, g_slice, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("hard", [False, True])
+def test_gumbel_softmax_3d_dtypes(pool, dtype, tol, hard):
+    torch.manual_seed(3)
+    full = torch.randn(2, 11, 3, dtype=torch.float64).to(dtype)
+    weight = torch.randn(2, 11, 3, dtype=torch.float64).to(dtype)
+    kw = {"tau": 1.5, "hard": hard}
+    sizes = [4, 1, 6]
+    results = _ok(pool.run("case_softmax", 3, {"full": full, "dim": 1, "sizes": sizes, "kwargs": kw,
+                                                "weight": weight}))
+    y_ref, g_ref = _expected_softmax(full, 1, kw, weight)
+    for rank, (y, g) in enumerate(results):
+        assert y.dtype == dtype and g.dtype == dtype
+        if hard:
+            assert torch.equal(y, dw.local_part(y_ref, 1, sizes, rank))
+        else:
+            torch.testing.assert_close(y, dw.local_part(y_ref, 1, sizes, rank), atol=tol, rtol=tol)
+        torch.testing.assert_close(g, dw.local_part(g_ref, 1, sizes, rank), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("world,sizes", [(1, [5]), (2, [2, 3]), (3, [1, 2, 2])])
+@pytest.mark.parametrize("hard", [False, True])
+def test_gradcheck_float64(pool, world, sizes, hard):
+    torch.manual_seed(4)
+    full = torch.randn(2, 5, dtype=torch.float64)
+    spec = {"full": full, "dim": 1, "sizes": sizes,
+            "kwargs": {"tau": 0.8, "hard": hard, "seeds": torch.tensor([11, 12])}}
+    for err in _ok(pool.run("case_gradcheck", world, spec)):
+        assert err < 1e-6
+
+
+def test_gumbel_softmax_communication(pool):
+    """Forward: metadata + one [rows, 3] exchange; backward: one all_reduce of [rows]."""
+    for V in (30, 3000):
+        full, weight = torch.randn(4, V), torch.randn(4, V)
+        res = pool.run("case_softmax", 2, {"full": full, "dim": 1, "sizes": [V // 2, V - V // 2],
+                                            "kwargs": {"tau": 1.0}, "weight": weight})
+        _ok(res)
+        for _, _, counts in res:
+            assert counts["calls"] == 3, counts["names"]
+            assert counts["bytes"] == 22 * 8 + 4 * 3 * 8 + 4 * 8
+
+
+# ------------------------------------------------------------------------------- errors
+def _errors(results):
+    assert all(status == "error" for status, _, _ in results), [s for s, _, _ in results]
+    return [value for _, value, _ in results]
+
+
+def test_mismatched_dims_raise_on_every_rank(pool):
+    full = torch.randn(4, 20)
+    spec = {"full": full, "dim": 1, "sizes": [10, 10], "rank1_shape": (5, 10)}
+    for kind, msg, _ in _errors(pool.run("case_sample", 2, spec)):
+        assert kind == "ValueError" and "dims other than dim" in msg and "rank 1: [5, *]" in msg
+
+
+def test_mismatched_dtype_raises_on_every_rank(pool):
+    spec = {"full": torch.randn(4, 20), "dim": 1, "sizes": [10, 10], "rank1_dtype": torch.float64}
+    for kind, msg, _ in _errors(pool.run("case_sample", 2, spec)):
+        assert kind == "TypeError" and "same dtype" in msg
+
+
+def test_mismatched_generator_raises_on_every_rank(pool):
+    spec = {"full": torch.randn(4, 20), "dim": 1, "sizes": [10, 10], "seed_skew": 1}
+    for kind, msg, _ in _errors(pool.run("case_sample", 2, spec)):
+        assert kind == "RuntimeError" and "generator states" in msg
+    spec = {"full": torch.randn(4, 20), "dim": 1, "sizes": [10, 10], "seed_skew": 1, "weight": torch.ones(4, 20)}
+    for kind, msg, _ in _errors(pool.run("case_softmax", 2, spec)):
+        assert kind == "RuntimeError" and "generator states" in msg
+
+
+def test_bad_argument_on_one_rank_raises_on_every_rank(pool):
+    spec = {"full": torch.randn(4, 20), "dim": 1, "sizes": [10, 10], "rank1_kwargs": {"temperature": -1.0}}
+    errors = _errors(pool.run("case_sample", 2, spec))
+    assert errors[1][0] == "ValueError" and "temperature" in errors[1][1]
+    assert errors[0][0] == "RuntimeError" and "rank(s) [1] failed" in errors[0][1]
+
+
+def test_filters_not_implemented(pool):
+    spec = {"full": torch.randn(4, 20), "dim": 1, "sizes": [10, 10], "kwargs": {"top_k": 5}}
+    for kind, msg, _ in _errors(pool.run("case_sample", 2, spec)):
+        assert kind == "NotImplementedError" and "top_k" in msg
+
+
+def test_nan_row_raises_on_every_rank(pool):
+    full = torch.randn(3, 20)
+    full[2, 15] = float("nan")
+    for kw in ({}, {"temperature": 0.5}):
+        for kind, msg, _ in _errors(pool.run("case_sample", 2, {"full": full, "dim": 1, "sizes": [10, 10],
+                                                                 "kwargs": kw})):
+            assert kind == "ValueError" and "row 2" in msg and "NaN" in msg
+
+
+# ------------------------------------------------------------------- keyed_noise (local)
+@pytest.mark.parametrize("col_start,length", [(0, 103), (1, 7), (3, 50), (5, 98), (64, 1), (101, 2)])
+def test_keyed_noise_equals_fused_noise(col_start, length):
+    from gumbel_ext._keyed_noise import keyed_noise
+    x = torch.empty(6, 103)
+    for seed, offset in ((123, 0), (-(1 << 62), 8), ((1 << 63) - 1, (1 << 62) - 4)):
+        state = torch.tensor([seed, offset])
+        noise = torch.ops.gumbel_ext.gumbel_noise(x, -1, state)
+        rows = torch.arange(6)
+        got = keyed_noise(torch.full((6,), seed), torch.full((6,), offset), rows, col_start, length)
+        assert torch.equal(got, noise[:, col_start:col_start + length])
+
+
+def test_keyed_noise_64bit_rows_and_offsets():
+    """Large row counters and offsets: the noise of row r under (seed, offset) via the
+    fused op on a tensor whose rows start there is unavailable, so compare with the
+    torch-op reference (equal within a few ulp; it uses torch.log)."""
+    from gumbel_ext._keyed_noise import keyed_noise, keyed_noise_reference
+    keys = torch.tensor([1, -5, 1 << 40])
+    offs = torch.tensor([(1 << 62), 4, (1 << 33) + 12])
+    rows = torch.tensor([(1 << 62) + 3, (1 << 32) - 1, 7])
+    got = keyed_noise(keys, offs, rows, (1 << 35) + 2, 33)
+    ref = keyed_noise_reference(keys, offs, rows, (1 << 35) + 2, 33)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_seeded_gumbel_softmax_draws_the_sampler_noise():
+    """gumbel_softmax(seeds=) perturbs with exactly the noise sample(seeds=) uses: its hard
+    argmax equals the sampler's draw at temperature 1 wherever (x - M) + g and x + g
+    rank alike (checked on logits that make the shift exact)."""
+    torch.manual_seed(0)
+    x = torch.randint(-8, 8, (16, 300)).float()  # integers: x - M is exact
+    seeds, offsets = torch.arange(16) * 31 + 1, torch.arange(16) * 1024
+    y = gumbel_ext.gumbel_softmax(x, hard=True, seeds=seeds, offsets=offsets)
+    assert torch.equal(y.argmax(-1), gumbel_ext.sample(x, seeds=seeds, offsets=offsets))
+
+
+def test_keyed_noise_opcheck():
+    from torch.library import opcheck
+    args = (torch.tensor([1, 2]), torch.tensor([0, 4]), torch.tensor([0, 9]), 3, 10)
+    opcheck(torch.ops.gumbel_ext.keyed_noise, args)
