@@ -125,7 +125,13 @@ def case_gradcheck(rank, group, spec):
     return float((numeric - analytic).abs().max())
 
 
-CASES = {f.__name__: f for f in (case_sample, case_softmax, case_gradcheck)}
+def case_bench(rank, group, spec):
+    """benchmarks/distributed.py's measurement, tiny, on the pool's ranks."""
+    from benchmarks import distributed as bench
+    return bench.measure(rank, dist.get_world_size(group), group, spec["batches"], spec["vocab"], spec["iters"])
+
+
+CASES = {f.__name__: f for f in (case_sample, case_softmax, case_gradcheck, case_bench)}
 
 
 # ------------------------------------------------------------------------------ pool

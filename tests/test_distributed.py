@@ -344,3 +344,31 @@ def test_keyed_noise_opcheck():
     from torch.library import opcheck
     args = (torch.tensor([1, 2]), torch.tensor([0, 4]), torch.tensor([0, 9]), 3, 10)
     opcheck(torch.ops.gumbel_ext.keyed_noise, args)
+
+
+# ---------------------------------------------------------------------------- benchmark
+def test_benchmark_tiny(pool):
+    """benchmarks/distributed.py's measurement on 2 ranks, tiny (the --quick mode spawns
+    its own processes; this runs the same code on the pool): tokens equal between the two
+    methods (it raises otherwise) and ours sends O(rows) bytes, the gather O(rows x V)."""
+    from benchmarks import distributed as bench
+
+    rows = _ok(pool.run("case_bench", 2, {"batches": [4], "vocab": 2048, "iters": 1}))[0]
+    assert {r["mode"] for r in rows} == {"plain", "T=0.7, seeds"}
+    for r in rows:
+        assert r["ours_bytes_per_rank"] * 10 < r["gather_bytes_per_rank"] == 4 * 1024 * 4
+    assert "| 2 | 4 x 2048 |" in bench.markdown(rows)
+
+
+# ------------------------------------------------------------------------------ example
+def test_example_quick():
+    """examples/vocab_parallel_sampling.py --quick: spawns 2 gloo ranks and checks the
+    sharded decode's tokens against the unsharded one (exit status 1 if they differ)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "vocab_parallel_sampling.py"
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sharded == unsharded tokens: True" in result.stdout
