@@ -35,6 +35,9 @@ def public_objects():
     names = [n for n in gumbel_ext.__all__ if not inspect.ismodule(getattr(gumbel_ext, n))]
     out = [(f"gumbel_ext.{n}", getattr(gumbel_ext, n)) for n in names]
     out += [(f"gumbel_ext.reference.{n}", getattr(reference, n)) for n in ("gumbel_softmax", "sample")]
+    from gumbel_ext import distributed
+
+    out += [(f"gumbel_ext.distributed.{n}", getattr(distributed, n)) for n in distributed.__all__]
     return out
 
 

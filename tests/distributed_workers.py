@@ -158,3 +158,48 @@ def serve(rank, size, port, inbox, outbox):
             result = ("error", (type(e).__name__, str(e), traceback.format_exc()))
         outbox.put((rank, result, dict(COUNTS)))
     dist.destroy_process_group()
+
+
+def case_dtensor(rank, group, spec):
+    """A DTensor of the full logits placed as spec["placement"] (a Shard dim, or None for
+    Replicate) on a 1-D mesh of the world, built from each rank's own chunk (torch.chunk
+    sizes, as DTensor shards): returns (sample, this rank's slices of the soft output and
+    the gradient, the slice's dim and offset)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    world = dist.get_world_size(group)
+    mesh = init_device_mesh("cpu", (world,))
+    full, weight, d = spec["full"], spec["weight"], spec["placement"]
+    if d is None:
+        placement, lo, n = Replicate(), 0, None
+    else:
+        size = full.shape[d]
+        per = -(-size // world)  # torch.chunk sizes; trailing ranks may hold nothing
+        lo = min(rank * per, size)
+        n = max(0, min(per, size - lo))
+        placement = Shard(d)
+    cut = (lambda t: t) if d is None else (lambda t: t.narrow(d, lo, n).contiguous())
+
+    def make(requires_grad=False):
+        local = cut(full).requires_grad_(requires_grad)
+        return DTensor.from_local(local, mesh, [placement], run_check=False, shape=full.shape,
+                                  stride=full.stride()), local
+
+    kw = spec.get("kwargs", {})
+    torch.manual_seed(0)
+    idx = gd.sample(make()[0], spec.get("num_samples", 1), spec["dim"], **kw)
+    x, _ = make()
+    x = x.detach().requires_grad_()
+    torch.manual_seed(1)
+    y = gd.gumbel_softmax(x, tau=0.7, dim=spec["dim"], seeds=kw.get("seeds"))
+    (y.to_local() * cut(weight)).sum().backward()
+    idx_local = idx.to_local()
+    return idx_local, placement_of(idx), y.to_local().detach(), x.grad.to_local(), d, lo, n
+
+
+def placement_of(t):
+    return str(t.placements[0])
+
+
+CASES["case_dtensor"] = case_dtensor

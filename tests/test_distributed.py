@@ -372,3 +372,37 @@ def test_example_quick():
     result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sharded == unsharded tokens: True" in result.stdout
+
+
+# ------------------------------------------------------------------------------ DTensor
+@pytest.mark.parametrize("shape,dim,placement", [
+    ((6, 37), 1, 1),      # vocabulary-parallel (uneven: 13, 13, 11)
+    ((6, 37), 1, 0),      # rows sharded: local, global row keys
+    ((6, 37), 1, None),   # replicated
+    ((4, 11, 5), 1, 2),   # 3-D, dim not last, sharded on a trailing row dim
+    ((4, 11, 5), 1, 0),
+])
+@pytest.mark.parametrize("seeded", [False, True])
+def test_dtensor_equals_unsharded(pool, shape, dim, placement, seeded):
+    torch.manual_seed(5)
+    full, weight = torch.randn(shape), torch.randn(shape)
+    rows = [s for i, s in enumerate(shape) if i != dim]
+    kw = {"temperature": 0.8, "seeds": (torch.arange(int(torch.tensor(rows).prod())) * 3 + 1).reshape(rows)} \
+        if seeded else {}
+    results = _ok(pool.run("case_dtensor", 3, {"full": full, "dim": dim, "placement": placement, "kwargs": kw,
+                                                "weight": weight}))
+    torch.manual_seed(0)
+    idx_ref = gumbel_ext.sample(full, 1, dim, **kw)
+    x = full.clone().requires_grad_()
+    torch.manual_seed(1)
+    y_ref = gumbel_ext.gumbel_softmax(x, tau=0.7, dim=dim, seeds=kw.get("seeds"))
+    (y_ref * weight).sum().backward()
+    out_dim = None if placement in (None, dim) else (placement if placement < dim else placement - 1)
+    for idx, idx_placement, y, g, d, lo, n in results:
+        cut = (lambda t, e=d: t) if d is None else (lambda t, e=d: t.narrow(e, lo, n))
+        if out_dim is None:
+            assert idx_placement == "R" and torch.equal(idx, idx_ref)
+        else:
+            assert torch.equal(idx, idx_ref.narrow(out_dim, lo, n))
+        torch.testing.assert_close(y, cut(y_ref.detach()), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g, cut(x.grad), atol=1e-6, rtol=1e-5)

@@ -95,6 +95,14 @@ def _record(op: int, x: Optional[torch.Tensor], dim: int, key: int, key_offset: 
     return torch.tensor(rec, dtype=torch.int64)
 
 
+def local_layout(x: torch.Tensor, dim: int, key: int, key_offset: int) -> Layout:
+    """The Layout of a call that owns the whole vocabulary (no exchange, no checks)."""
+    from ._comm import LOCAL
+
+    length = x.shape[dim] if x.dim() else 1
+    return Layout(LOCAL, 0, 1, 0, length, [length], key, key_offset)
+
+
 def exchange(name: str, op: int, group, device: torch.device, x: Optional[torch.Tensor], dim: int, key: int,
              key_offset: int, seeded: bool, mode: int, params: int, column_offset: Optional[int],
              local_error: Optional[BaseException]) -> Layout:

@@ -8,8 +8,8 @@ csrc/cpu/sample_kernels.h), drawn at this rank's global columns by gumbel_ext::k
     one random64() (reference.draw_rng_state), taken before the metadata exchange so it can be
     compared across ranks. On CUDA the op reserves 4 * ceil(V / 4) counters for the GLOBAL
     vocabulary V, known only after the exchange: the state (seed, offset) is read before it
-    and advanced after it. Row counter = the row's global index (row_start + r; row_start is
-    non-zero for a DTensor sharded over rows)."""
+    and advanced after it. Row counter = the row's global index (a DTensor sharded over
+    rows maps its local rows to global ones)."""
 
 from __future__ import annotations
 
@@ -43,11 +43,13 @@ def advance_key(device: torch.device, generator: Optional[torch.Generator], voca
 
 
 def local_noise(rows: int, device: torch.device, key: int, key_offset: int, seeds: Optional[torch.Tensor],
-                offsets: Optional[torch.Tensor], row_start: int, col_start: int, length: int) -> torch.Tensor:
-    """Float32 [rows, length]: the noise of global columns col_start .. + length - 1."""
+                offsets: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], col_start: int,
+                length: int) -> torch.Tensor:
+    """Float32 [rows, length]: the noise of global columns col_start .. + length - 1; row j
+    is global row row_ids[j] (default j)."""
     if seeds is not None:
         return keyed_noise(seeds, offsets, torch.zeros_like(seeds), col_start, length)
     keys = torch.full((rows,), key, dtype=torch.int64, device=device)
     offs = torch.full((rows,), key_offset, dtype=torch.int64, device=device)
-    row_ctr = torch.arange(row_start, row_start + rows, dtype=torch.int64, device=device)
+    row_ctr = torch.arange(rows, dtype=torch.int64, device=device) if row_ids is None else row_ids.to(device)
     return keyed_noise(keys, offs, row_ctr, col_start, length)

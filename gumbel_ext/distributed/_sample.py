@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from .. import sampling
 from ..functional import _check_generator, _check_logits, _wrap_dim
-from . import _comm, _layout, _noise
+from . import _comm, _dtensor, _layout, _noise
 
 _NAME = "gumbel_ext.distributed.sample"
 _PAD_INDEX = float(2**53)  # a pad candidate's index: after every real one on ties
@@ -71,8 +71,67 @@ def _first_failing_row(*masks: torch.Tensor) -> Optional[int]:
 def sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, group=None,
            temperature=1.0, top_k=None, top_p=None, min_p=None, seeds: Optional[torch.Tensor] = None,
            offsets: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-           return_logprobs: bool = False, column_offset: Optional[int] = None, _row_start: int = 0):
-    """See gumbel_ext.distributed.sample."""
+           return_logprobs: bool = False, column_offset: Optional[int] = None):
+    """Draw category indices from logits whose category dim is sharded over the ranks of a
+    process group; every rank returns the same indices, equal (``torch.equal``) to
+    :func:`gumbel_ext.sample` on the concatenated logits with the same generator state or
+    seeds.
+
+    Each rank draws the noise of its own global columns and sends a few numbers per row
+    (its best candidates, and with ``temperature``/``seeds``/``return_logprobs`` the row max
+    first): O(rows x world size) scalars per call, never O(rows x V).
+
+    Parameters
+    ----------
+    local_logits : Tensor
+        This rank's contiguous slice of the logits along ``dim``; slices are in rank order
+        (or placed by ``column_offset``) and may differ in length, even be empty. Every other
+        dim, the dtype and the device type must be the same on every rank.
+    num_samples : int, default 1
+        As in :func:`gumbel_ext.sample` (Gumbel-top-k without replacement for ``k > 1``).
+    dim : int, default -1
+        The (sharded) category dim.
+    group : ProcessGroup, optional
+        The ranks sharing the vocabulary; None is the default group.
+    temperature : float or Tensor, default 1.0
+        As in :func:`gumbel_ext.sample`, including ``0`` (greedy) and one value per row.
+    top_k, top_p, min_p : None
+        Not supported vocabulary-parallel yet: raise ``NotImplementedError``.
+    seeds, offsets : int64 Tensor, optional
+        Per-row noise keys, as in :func:`gumbel_ext.sample`; the same on every rank.
+    generator : torch.Generator, optional
+        Without seeds each rank draws the call's key from its generator (or the default one)
+        as the unsharded op does; the ranks' keys must agree, else every rank raises.
+    return_logprobs : bool, default False
+        Also return the float32 log-probabilities (a global log-sum-exp; equal to the
+        unsharded ones within float rounding).
+    column_offset : int, optional
+        This rank's first global column; default: the sum of the lower ranks' lengths.
+
+    Returns
+    -------
+    LongTensor, or (LongTensor, FloatTensor) with ``return_logprobs``
+        The same on every rank, shaped as :func:`gumbel_ext.sample`'s result.
+
+    Notes
+    -----
+    Every call starts with one fixed-size all_gather of a metadata record (shape, dtype,
+    slice length, noise key, arguments) that every rank validates alike, so a mismatch
+    raises the same error on every rank instead of hanging; an argument error on one rank
+    makes the others raise too. See docs/distributed.md.
+    """
+    if _dtensor.is_dtensor(local_logits):
+        return _dtensor.sample(local_logits, num_samples, dim, group=group, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seeds=seeds, offsets=offsets, generator=generator, return_logprobs=return_logprobs)
+    return _sample(local_logits, num_samples, dim, group=group, temperature=temperature, top_k=top_k, top_p=top_p,
+                   min_p=min_p, seeds=seeds, offsets=offsets, generator=generator,
+                   return_logprobs=return_logprobs, column_offset=column_offset)
+
+
+def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, group=None,
+           temperature=1.0, top_k=None, top_p=None, min_p=None, seeds: Optional[torch.Tensor] = None,
+           offsets: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+           return_logprobs: bool = False, column_offset: Optional[int] = None, _row_ids: Optional[torch.Tensor] = None, _local: bool = False):
+    """The implementation: _row_ids maps local rows to global ones, _local skips the exchange."""
     device = local_logits.device if isinstance(local_logits, torch.Tensor) else torch.device("cpu")
     error = None
     x = None
@@ -122,7 +181,12 @@ def sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, g
         params = _layout.float_bits(temp) ^ _layout.tensor_hash(temp_rows)
     except Exception as e:  # reported to every rank by the exchange
         error = e
-    lay = _layout.exchange(_NAME, 1, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
+    if _local:
+        if error is not None:
+            raise error
+        lay = _layout.local_layout(x, dim, key, key_offset)
+    else:
+        lay = _layout.exchange(_NAME, 1, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
                            error)
     if not seeded and x.numel():
         _noise.advance_key(device, generator, lay.vocab)
@@ -130,10 +194,10 @@ def sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, g
         raise ValueError(f"{_NAME}: num_samples={num_samples} exceeds the {lay.vocab} categories along dim "
                          "(sampling without replacement)")
     return _sample_rows(x, dim, num_samples, lay, plain, temp, temp_rows, seeds, offsets, return_logprobs,
-                        _row_start)
+                        _row_ids)
 
 
-def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_logprobs, row_start):
+def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_logprobs, row_ids):
     rows_view = x.reshape(1, 1) if x.dim() == 0 else x.movedim(dim, -1)
     batch = list(rows_view.shape[:-1])
     L = rows_view.shape[-1]
@@ -145,7 +209,7 @@ def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_
         idx = _shape(torch.empty((0, k), dtype=torch.int64, device=x.device), batch, k, dim, x.dim())
         return (idx, idx.to(torch.float32)) if return_logprobs else idx
     xa = rows_view.reshape(R, L).to(acc)
-    g = _noise.local_noise(R, x.device, lay.key, lay.key_offset, seeds, offsets, row_start, lay.col_start, L).to(acc)
+    g = _noise.local_noise(R, x.device, lay.key, lay.key_offset, seeds, offsets, row_ids, lay.col_start, L).to(acc)
     W = lay.world
     if plain:
         key = xa + g

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from .. import sampling
 from ..functional import _check_generator, _check_logits, _wrap_dim
-from . import _comm, _layout, _noise
+from . import _comm, _dtensor, _layout, _noise
 from ._sample import _PAD_INDEX, _merge
 
 _NAME = "gumbel_ext.distributed.gumbel_softmax"
@@ -49,12 +49,12 @@ def _unrows(y: torch.Tensor, like: torch.Tensor, batch, dim: int) -> torch.Tenso
 
 class _VocabParallelGumbelSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, tau: float, hard: bool, dim: int, lay, seeds, offsets, row_start: int):
+    def forward(ctx, logits, tau: float, hard: bool, dim: int, lay, seeds, offsets, row_ids):
         x2, batch = _rows(logits.detach(), dim)
         R, L = x2.shape
         acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
         inv_tau = torch.tensor(1.0 / tau, dtype=acc).item()  # rounded to acc, as the kernel's
-        g = _noise.local_noise(R, logits.device, lay.key, lay.key_offset, seeds, offsets, row_start, lay.col_start,
+        g = _noise.local_noise(R, logits.device, lay.key, lay.key_offset, seeds, offsets, row_ids, lay.col_start,
                                L)
         xp = x2.to(acc) + g.to(acc)
         packed = torch.empty((R, 3), dtype=torch.float64, device=logits.device)
@@ -91,18 +91,18 @@ class _VocabParallelGumbelSoftmax(torch.autograd.Function):
             y = (e * (1.0 / S).to(acc).unsqueeze(-1)).to(logits.dtype)
             y = torch.where(ok.unsqueeze(-1), y, nan)
             ctx.save_for_backward(y, seeds, offsets)
-        ctx.args = (tau, hard, dim, lay, row_start, batch, inv_tau, acc)
+        ctx.args = (tau, hard, dim, lay, row_ids, batch, inv_tau, acc)
         return _unrows(y, logits, batch, dim)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        tau, hard, dim, lay, row_start, batch, inv_tau, acc = ctx.args
+        tau, hard, dim, lay, row_ids, batch, inv_tau, acc = ctx.args
         if hard:
             logits, X, S, seeds, offsets = ctx.saved_tensors
             x2, _ = _rows(logits, dim)
             R, L = x2.shape
-            g = _noise.local_noise(R, logits.device, lay.key, lay.key_offset, seeds, offsets, row_start,
+            g = _noise.local_noise(R, logits.device, lay.key, lay.key_offset, seeds, offsets, row_ids,
                                    lay.col_start, L)
             e = torch.exp((x2.to(acc) + g.to(acc) - X.to(acc).unsqueeze(-1)) * inv_tau)
             y = (e * (1.0 / S).to(acc).unsqueeze(-1)).to(logits.dtype).to(acc)  # as the soft forward wrote it
@@ -122,9 +122,54 @@ class _VocabParallelGumbelSoftmax(torch.autograd.Function):
 
 def gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim: int = -1, *, group=None,
                    generator: Optional[torch.Generator] = None, seeds: Optional[torch.Tensor] = None,
+                   offsets: Optional[torch.Tensor] = None, column_offset: Optional[int] = None) -> torch.Tensor:
+    """Gumbel-softmax over logits whose category dim is sharded over the ranks of a process
+    group: returns this rank's slice of the unsharded :func:`gumbel_ext.gumbel_softmax`
+    output, differentiable.
+
+    ``hard=True`` gives exactly the rank's slice of the unsharded one-hot; the soft output
+    and the gradients equal the unsharded slice within float rounding (the sum of
+    exponentials runs in another order). Forward: one all_gather of per-row
+    (max, sum-exp, argmax) triples; backward: one all_reduce of the per-row sum of
+    grad * y. ``hard=True`` keeps nothing of the logits' size besides the logits (the noise
+    is regenerated in backward from its keys).
+
+    Parameters
+    ----------
+    local_logits : Tensor
+        This rank's contiguous slice along ``dim``; other dims, dtype and device type equal
+        on every rank.
+    tau : float, default 1.0
+        Temperature > 0 (a tensor tau is not supported vocabulary-parallel yet).
+    hard : bool, default False
+        The exact one-hot, with the soft sample's gradient (straight-through).
+    dim : int, default -1
+        The (sharded) category dim.
+    group : ProcessGroup, optional
+        The ranks sharing the vocabulary; None is the default group.
+    generator : torch.Generator, optional
+        Without seeds, each rank's key comes from its generator and must agree across ranks.
+    seeds, offsets : int64 Tensor, optional
+        Per-row noise keys, as in :func:`gumbel_ext.gumbel_softmax`.
+    column_offset : int, optional
+        This rank's first global column; default: the sum of the lower ranks' lengths.
+
+    Returns
+    -------
+    Tensor
+        This rank's slice of the output: the shape, dtype and device of ``local_logits``.
+    """
+    if _dtensor.is_dtensor(local_logits):
+        return _dtensor.gumbel_softmax(local_logits, tau, hard, dim, group=group, seeds=seeds, offsets=offsets, generator=generator)
+    return _gumbel_softmax(local_logits, tau, hard, dim, group=group, generator=generator, seeds=seeds,
+                           offsets=offsets, column_offset=column_offset)
+
+
+def _gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim: int = -1, *, group=None,
+                   generator: Optional[torch.Generator] = None, seeds: Optional[torch.Tensor] = None,
                    offsets: Optional[torch.Tensor] = None, column_offset: Optional[int] = None,
-                   _row_start: int = 0) -> torch.Tensor:
-    """See gumbel_ext.distributed.gumbel_softmax."""
+                   _row_ids: Optional[torch.Tensor] = None, _local: bool = False) -> torch.Tensor:
+    """The implementation: _row_ids maps local rows to global ones, _local skips the exchange."""
     device = local_logits.device if isinstance(local_logits, torch.Tensor) else torch.device("cpu")
     error = None
     x = None
@@ -164,8 +209,13 @@ def gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim:
         params = _layout.float_bits(tau)
     except Exception as e:  # reported to every rank by the exchange
         error = e
-    lay = _layout.exchange(_NAME, 2, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
+    if _local:
+        if error is not None:
+            raise error
+        lay = _layout.local_layout(x, dim, key, key_offset)
+    else:
+        lay = _layout.exchange(_NAME, 2, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
                            error)
     if not seeded and x.numel():
         _noise.advance_key(device, generator, lay.vocab)
-    return _VocabParallelGumbelSoftmax.apply(x, float(tau), bool(hard), dim, lay, seeds, offsets, _row_start)
+    return _VocabParallelGumbelSoftmax.apply(x, float(tau), bool(hard), dim, lay, seeds, offsets, _row_ids)
