@@ -316,6 +316,24 @@ def test_keyed_noise_equals_fused_noise(col_start, length):
         assert torch.equal(got, noise[:, col_start:col_start + length])
 
 
+def test_keyed_noise_every_cpu_copy():
+    """Each per-ISA copy (DEFAULT / AVX2 / AVX-512) draws the same bits: they share
+    NoiseStream, and the noise is bit-identical across copies (Note [Bit-identical noise])."""
+    from gumbel_ext._keyed_noise import keyed_noise
+
+    ops = torch.ops.gumbel_ext
+    before = ops._cpu_capability()
+    keys, offs, rows = torch.tensor([7, -9, 1 << 50]), torch.tensor([0, 4, 1 << 40]), torch.tensor([0, 5, 1 << 33])
+    outs = []
+    try:
+        for cap in ops._cpu_capabilities():
+            ops._set_cpu_capability(cap)
+            outs.append(keyed_noise(keys, offs, rows, 13, 301))
+    finally:
+        ops._set_cpu_capability(before)
+    assert all(torch.equal(o, outs[0]) for o in outs)
+
+
 def test_keyed_noise_64bit_rows_and_offsets():
     """Large row counters and offsets: the noise of row r under (seed, offset) via the
     fused op on a tensor whose rows start there is unavailable, so compare with the

@@ -212,7 +212,7 @@ def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_
     g = _noise.local_noise(R, x.device, lay.key, lay.key_offset, seeds, offsets, row_ids, lay.col_start, L).to(acc)
     W = lay.world
     if plain:
-        key = xa + g
+        key = g.add_(xa)  # g is this call's own tensor: x + g in place
         greedy = None
     else:
         # Global row max and NaN/+inf flags: one all_reduce MAX of [R, 2].
@@ -230,12 +230,17 @@ def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_
                 raise ValueError(f"gumbel_ext.sample: row {r} of the logits holds NaN or +inf")
             raise ValueError(f"gumbel_ext.sample: row {r} has no finite logit to draw from (all -inf)")
         M = M_glob.to(acc).unsqueeze(-1)
-        T = (temp_rows.to(acc) if temp_rows is not None else torch.full((R,), temp, dtype=acc,
-                                                                          device=x.device)).unsqueeze(-1)
+        T = (temp_rows.to(acc) if temp_rows is not None
+             else torch.full((R,), temp, dtype=acc, device=x.device)).unsqueeze(-1)
         greedy = T == 0
-        T_eff = torch.where(greedy, torch.ones_like(T), T)
-        z = (xa - M) / T_eff
-        key = torch.where(greedy, xa, z + g)
+        # A division by the per-row T, as the kernel divides (never a multiply by 1 / T).
+        z = (xa - M).div_(torch.where(greedy, torch.ones_like(T), T))
+        if temp_rows is None and temp == 0:
+            key = xa  # every row greedy: rank by the logit itself, no noise
+        elif temp_rows is None:
+            key = g.add_(z)  # g is this call's own tensor: z + g in place
+        else:
+            key = torch.where(greedy, xa, z + g)
     # Local candidates: the min(k, L) best, padded to k.
     kk = min(k, L)
     cand = torch.full((R, k), float("-inf"), dtype=torch.float64, device=x.device)
@@ -245,10 +250,10 @@ def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_
         v, i = _local_topk(key, kk)
         cand[:, :kk] = v.double()
         cidx[:, :kk] = (i + lay.col_start).double()
-        if not plain:
+        if return_logprobs:
             czed[:, :kk] = z.gather(-1, i).double()
     parts = [cand, cidx]
-    if not plain:
+    if return_logprobs:
         sum_e = torch.exp(z).double().sum(-1, keepdim=True) if L else torch.zeros((R, 1), dtype=torch.float64,
                                                                                     device=x.device)
         parts += [czed, sum_e]
