@@ -21,8 +21,8 @@ import distributed_workers as dw
 POOL = 3
 TIMEOUT = 90  # seconds a case may take before the test fails (a hang is a failure)
 
-# Uneven splits (a vocabulary not divisible by the world size), one with a 1-column slice.
-SPLITS = {1: [[37]], 2: [[18, 19], [1, 36]], 3: [[12, 12, 13], [20, 1, 16]]}
+# Uneven splits (a vocabulary not divisible by the world size), a 1-column and an empty slice.
+SPLITS = {1: [[37]], 2: [[18, 19], [1, 36]], 3: [[12, 12, 13], [20, 1, 16], [0, 30, 7]]}
 
 
 def _port() -> int:

@@ -51,6 +51,11 @@ def tensor_hash(t: Optional[torch.Tensor]) -> int:
     return int(((bits ^ (bits >> 29)) * mult).sum()) ^ (bits.numel() << 40)
 
 
+def has_rows(x: torch.Tensor, dim: int) -> bool:
+    """Whether the logits have rows (an empty slice of the vocabulary still has them)."""
+    return all(d > 0 for i, d in enumerate(x.shape) if i != dim)
+
+
 def _shape_text(dims: Sequence[int], dim: int) -> str:
     return "[" + ", ".join("*" if i == dim else str(d) for i, d in enumerate(dims)) + "]"
 

@@ -175,7 +175,7 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
                 raise ValueError(f"{_NAME}: every entry of offsets must be >= 0")
             seeded = True
             key, key_offset = _layout.tensor_hash(seeds), _layout.tensor_hash(offsets)
-        elif x.numel():
+        elif _layout.has_rows(x, dim):  # as the unsharded op: a key whenever there are rows
             key, key_offset = _noise.read_key(device, generator)
         mode = num_samples * 4 + int(plain) * 2 + int(return_logprobs)
         params = _layout.float_bits(temp) ^ _layout.tensor_hash(temp_rows)
@@ -188,7 +188,7 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
     else:
         lay = _layout.exchange(_NAME, 1, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
                            error)
-    if not seeded and x.numel():
+    if not seeded and _layout.has_rows(x, dim):
         _noise.advance_key(device, generator, lay.vocab)
     if num_samples > lay.vocab:
         raise ValueError(f"{_NAME}: num_samples={num_samples} exceeds the {lay.vocab} categories along dim "

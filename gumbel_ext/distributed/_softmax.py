@@ -203,7 +203,7 @@ def _gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim
                 raise ValueError(f"{_NAME}: every entry of offsets must be >= 0")
             seeded = True
             key, key_offset = _layout.tensor_hash(seeds), _layout.tensor_hash(offsets)
-        elif x.numel():
+        elif _layout.has_rows(x, dim):  # as the unsharded op: a key whenever there are rows
             key, key_offset = _noise.read_key(device, generator)
         mode = int(bool(hard))
         params = _layout.float_bits(tau)
@@ -216,6 +216,6 @@ def _gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim
     else:
         lay = _layout.exchange(_NAME, 2, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
                            error)
-    if not seeded and x.numel():
+    if not seeded and _layout.has_rows(x, dim):
         _noise.advance_key(device, generator, lay.vocab)
     return _VocabParallelGumbelSoftmax.apply(x, float(tau), bool(hard), dim, lay, seeds, offsets, _row_ids)
