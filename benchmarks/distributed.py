@@ -129,10 +129,11 @@ def run(worlds, batches, vocab, iters):
 
 
 def markdown(rows) -> str:
-    lines = ["| world | B x V | mode | ours ms | gather+sample ms | speed-up | ours bytes/rank | gather bytes/rank | bytes ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| world | B x V | mode | ours ms | gather+sample ms | speed-up | ours bytes/rank | gather bytes/rank "
+             "| bytes ratio |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['world']} | {r['B']} x {r['V']} | {r['mode']} | {r['ours_ms']:.2f} | {r['gather_ms']:.2f} | "
+        lines.append(f"| {r['world']} | {r['B']} x {r['V']} | {r['mode']} | {r['ours_ms']:.2f} | "
+                     f"{r['gather_ms']:.2f} | "
                      f"{r['gather_ms'] / r['ours_ms']:.2f}x | {r['ours_bytes_per_rank']:,} | "
                      f"{r['gather_bytes_per_rank']:,} | {r['gather_bytes_per_rank'] / r['ours_bytes_per_rank']:.0f}x |")
     return "\n".join(lines) + "\n"

@@ -121,7 +121,9 @@ def sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, g
     makes the others raise too. See docs/distributed.md.
     """
     if _dtensor.is_dtensor(local_logits):
-        return _dtensor.sample(local_logits, num_samples, dim, group=group, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seeds=seeds, offsets=offsets, generator=generator, return_logprobs=return_logprobs)
+        return _dtensor.sample(local_logits, num_samples, dim, group=group, temperature=temperature, top_k=top_k,
+                               top_p=top_p, min_p=min_p, seeds=seeds, offsets=offsets, generator=generator,
+                               return_logprobs=return_logprobs)
     return _sample(local_logits, num_samples, dim, group=group, temperature=temperature, top_k=top_k, top_p=top_p,
                    min_p=min_p, seeds=seeds, offsets=offsets, generator=generator,
                    return_logprobs=return_logprobs, column_offset=column_offset)
@@ -130,7 +132,8 @@ def sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, g
 def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, group=None,
            temperature=1.0, top_k=None, top_p=None, min_p=None, seeds: Optional[torch.Tensor] = None,
            offsets: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-           return_logprobs: bool = False, column_offset: Optional[int] = None, _row_ids: Optional[torch.Tensor] = None, _local: bool = False):
+           return_logprobs: bool = False, column_offset: Optional[int] = None,
+           _row_ids: Optional[torch.Tensor] = None, _local: bool = False):
     """The implementation: _row_ids maps local rows to global ones, _local skips the exchange."""
     device = local_logits.device if isinstance(local_logits, torch.Tensor) else torch.device("cpu")
     error = None
@@ -186,8 +189,8 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
             raise error
         lay = _layout.local_layout(x, dim, key, key_offset)
     else:
-        lay = _layout.exchange(_NAME, 1, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
-                           error)
+        lay = _layout.exchange(_NAME, 1, group, device, x, dim, key, key_offset, seeded, mode, params,
+                               column_offset, error)
     if not seeded and _layout.has_rows(x, dim):
         _noise.advance_key(device, generator, lay.vocab)
     if num_samples > lay.vocab:

@@ -160,7 +160,8 @@ def gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim:
         This rank's slice of the output: the shape, dtype and device of ``local_logits``.
     """
     if _dtensor.is_dtensor(local_logits):
-        return _dtensor.gumbel_softmax(local_logits, tau, hard, dim, group=group, seeds=seeds, offsets=offsets, generator=generator)
+        return _dtensor.gumbel_softmax(local_logits, tau, hard, dim, group=group, seeds=seeds, offsets=offsets,
+                                       generator=generator)
     return _gumbel_softmax(local_logits, tau, hard, dim, group=group, generator=generator, seeds=seeds,
                            offsets=offsets, column_offset=column_offset)
 
@@ -214,8 +215,8 @@ def _gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim
             raise error
         lay = _layout.local_layout(x, dim, key, key_offset)
     else:
-        lay = _layout.exchange(_NAME, 2, group, device, x, dim, key, key_offset, seeded, mode, params, column_offset,
-                           error)
+        lay = _layout.exchange(_NAME, 2, group, device, x, dim, key, key_offset, seeded, mode, params,
+                               column_offset, error)
     if not seeded and _layout.has_rows(x, dim):
         _noise.advance_key(device, generator, lay.vocab)
     return _VocabParallelGumbelSoftmax.apply(x, float(tau), bool(hard), dim, lay, seeds, offsets, _row_ids)
