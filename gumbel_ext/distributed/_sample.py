@@ -60,6 +60,12 @@ def _merge(values: torch.Tensor, index: torch.Tensor, k: int):
     return by_index.gather(-1, by_value)[:, :k]
 
 
+def _reference_sampler(device: torch.device, plain: bool) -> bool:
+    """Whether the unsharded call runs the torch-op reference sampler (a device without the
+    fused gumbel_ext::sample_filtered, e.g. CUDA today), whose key is (seed, 0)."""
+    return not plain and device.type != "cpu" and device.type not in sampling.FUSED_DEVICE_TYPES
+
+
 def _first_failing_row(*masks: torch.Tensor) -> Optional[int]:
     bad = masks[0]
     for m in masks[1:]:
@@ -180,6 +186,8 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
             key, key_offset = _layout.tensor_hash(seeds), _layout.tensor_hash(offsets)
         elif _layout.has_rows(x, dim):  # as the unsharded op: a key whenever there are rows
             key, key_offset = _noise.read_key(device, generator)
+            if _reference_sampler(device, plain):
+                key_offset = 0  # the reference sampler keys rows by the seed alone (reference.row_keys)
         mode = num_samples * 4 + int(plain) * 2 + int(return_logprobs)
         params = _layout.float_bits(temp) ^ _layout.tensor_hash(temp_rows)
     except Exception as e:  # reported to every rank by the exchange
@@ -192,7 +200,9 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
         lay = _layout.exchange(_NAME, 1, group, device, x, dim, key, key_offset, seeded, mode, params,
                                column_offset, error)
     if not seeded and _layout.has_rows(x, dim):
-        _noise.advance_key(device, generator, lay.vocab)
+        # The counters the unsharded call reserves: 4 * ceil(V / 4), or the reference
+        # sampler's 4 (reference.draw_rng_state with length 1).
+        _noise.advance_key(device, generator, 1 if _reference_sampler(device, plain) else lay.vocab)
     if num_samples > lay.vocab:
         raise ValueError(f"{_NAME}: num_samples={num_samples} exceeds the {lay.vocab} categories along dim "
                          "(sampling without replacement)")
