@@ -335,16 +335,27 @@ def test_keyed_noise_every_cpu_copy():
 
 
 def test_keyed_noise_64bit_rows_and_offsets():
-    """Large row counters and offsets: the noise of row r under (seed, offset) via the
-    fused op on a tensor whose rows start there is unavailable, so compare with the
-    torch-op reference (equal within a few ulp; it uses torch.log)."""
-    from gumbel_ext._keyed_noise import keyed_noise, keyed_noise_reference
-    keys = torch.tensor([1, -5, 1 << 40])
-    offs = torch.tensor([(1 << 62), 4, (1 << 33) + 12])
-    rows = torch.tensor([(1 << 62) + 3, (1 << 32) - 1, 7])
-    got = keyed_noise(keys, offs, rows, (1 << 35) + 2, 33)
-    ref = keyed_noise_reference(keys, offs, rows, (1 << 35) + 2, 33)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    """Row counters, offsets and columns past 2^32 (the carries of the 64-bit counter words),
+    bit for bit: the Philox bits and the uniform from the torch-op reference (integer math,
+    exact), then the fused transform -log(-log(u)) through the active CPU copy's own noise
+    log (_cpu_vec_math)."""
+    from gumbel_ext._keyed_noise import keyed_noise
+    from gumbel_ext.reference import _MASK32, philox4x32_10
+
+    ops = torch.ops.gumbel_ext
+    keys = torch.tensor([1, -5, 1 << 40, -(1 << 63)])
+    offs = torch.tensor([(1 << 62), 4, (1 << 33) + 12, (1 << 32) - 4])
+    rows = torch.tensor([(1 << 62) + 3, (1 << 32) - 1, 7, (1 << 63) - 1])
+    col_start, length = (1 << 35) + 2, 33
+    got = keyed_noise(keys, offs, rows, col_start, length)
+    c = torch.arange(col_start, col_start + length).view(1, -1)
+    n = offs.view(-1, 1) // 4 + c // 4
+    r = rows.view(-1, 1).expand_as(n)
+    words = philox4x32_10((n & _MASK32, (n >> 32) & _MASK32, r & _MASK32, (r >> 32) & _MASK32), keys.view(-1, 1))
+    bits = torch.stack(words, dim=-1).gather(-1, (c % 4).expand_as(n).unsqueeze(-1)).squeeze(-1)
+    u = ((bits >> 9).to(torch.float32) + 0.5) * 2.0**-23  # exact
+    neg_log = lambda t: -ops._cpu_vec_math(t.contiguous(), "log")  # noqa: E731
+    assert torch.equal(got, neg_log(neg_log(u)))
 
 
 def test_seeded_gumbel_softmax_draws_the_sampler_noise():
