@@ -90,6 +90,8 @@ WORLD_SPLITS = _cases(1) + _cases(2) + _cases(3)
 # ------------------------------------------------------------------------------- sample
 SAMPLE_KWARGS = [
     {},
+    {"top_k": 5, "return_logprobs": True},
+    {"top_k": "rows", "temperature": "mixed", "seeds": "rows"},
     {"temperature": 0.7},
     {"seeds": "rows", "offsets": "rows"},
     {"temperature": "mixed", "seeds": "rows", "return_logprobs": True},
@@ -106,6 +108,8 @@ def _materialize(kw, rows_shape):
         kw["seeds"] = (torch.arange(n, dtype=torch.int64) * 7919 - 3).reshape(rows_shape)
     if kw.get("offsets") == "rows":
         kw["offsets"] = (torch.arange(n, dtype=torch.int64) * 4 + (1 << 40)).reshape(rows_shape)
+    if kw.get("top_k") == "rows":  # off, 1, a few, and more than the vocabulary
+        kw["top_k"] = torch.tensor([0, 1, 3, 100] * n)[:n].reshape(rows_shape)
     if kw.get("temperature") == "mixed":  # greedy and sampled rows in one batch
         kw["temperature"] = torch.tensor([0.0, 0.5, 1.0, 2.0] * n)[:n].reshape(rows_shape)
     return kw
@@ -135,7 +139,8 @@ def test_sample_equals_unsharded(pool, world, sizes, kwargs):
 @pytest.mark.parametrize("world,sizes", [(2, [1, 12]), (3, [4, 4, 5])])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("num_samples", [1, 3])
-@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.5, "seeds": "rows"}], ids=["plain", "sampler"])
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.5, "seeds": "rows"}, {"top_k": 4, "seeds": "rows"}],
+                         ids=["plain", "sampler", "top_k"])
 def test_sample_3d_dim_not_last(pool, world, sizes, dtype, num_samples, kwargs):
     torch.manual_seed(num_samples)
     full = (torch.randn(2, 13, 3) * 2).to(dtype)
@@ -152,7 +157,8 @@ def test_sample_ties_and_masks(pool):
     -inf masks are never drawn."""
     full = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, -float("inf"), 2.0],
                          [-float("inf"), -float("inf"), 5.0, 5.0, 5.0, 1.0, 1.0]])
-    for kw, k in (({"temperature": 0.0}, 3), ({"temperature": 0.0}, 1), ({}, 2)):
+    for kw, k in (({"temperature": 0.0}, 3), ({"temperature": 0.0}, 1), ({}, 2), ({"top_k": 2}, 2),
+                  ({"top_k": 3, "temperature": 0.5}, 1)):
         results = _ok(pool.run("case_sample", 3, {"full": full, "dim": 1, "sizes": [2, 2, 3], "kwargs": kw,
                                                    "num_samples": k}))
         expected = _expected_sample(full, 1, k, kw)
@@ -162,20 +168,23 @@ def test_sample_ties_and_masks(pool):
 
 def test_sample_communication_is_o_rows(pool):
     """Calls and bytes per call do not grow with the vocabulary: 2 collectives (metadata,
-    candidates) for the plain path, 3 with temperature (the row max first)."""
-    per_vocab = {}
+    candidates) for the plain path, 3 with temperature (the row max first) or top-k (the
+    row max and each rank's top-k values, in one all_gather)."""
+    R, meta = 6, 22 * 8
+    cases = (({}, 2, meta + R * 2 * 8), ({"temperature": 0.8}, 3, meta + R * 2 * 8 + R * 2 * 8),
+             ({"top_k": 5}, 3, meta + R * (2 + 5) * 8 + R * 2 * 8))
+    sent = {}
     for V in (40, 4000):
-        full = torch.randn(6, V)
-        for kw, calls in (({}, 2), ({"temperature": 0.8}, 3)):
+        full = torch.randn(R, V)
+        for i, (kw, calls, _) in enumerate(cases):
             res = pool.run("case_sample", 2, {"full": full, "dim": 1, "sizes": [V // 2, V - V // 2], "kwargs": kw})
             _ok(res)
             for _, _, counts in res:
                 assert counts["calls"] == calls, counts["names"]
                 assert set(counts["names"]) <= {"all_gather_single", "all_gather_into_tensor", "all_reduce"}
-                per_vocab.setdefault((V, calls), []).append(counts["bytes"])
-    for calls in (2, 3):
-        assert per_vocab[(40, calls)] == per_vocab[(4000, calls)]
-        assert max(per_vocab[(4000, calls)]) <= 22 * 8 + 6 * 3 * 8 * 2  # metadata + O(rows) pairs
+                sent.setdefault((V, i), []).append(counts["bytes"])
+    for i, (_, _, expected) in enumerate(cases):
+        assert sent[(40, i)] == sent[(4000, i)] == [expected, expected]
 
 
 # ------------------------------------------------------------------------------ softmax
@@ -289,9 +298,9 @@ def test_bad_argument_on_one_rank_raises_on_every_rank(pool):
 
 
 def test_filters_not_implemented(pool):
-    spec = {"full": torch.randn(4, 20), "dim": 1, "sizes": [10, 10], "kwargs": {"top_k": 5}}
+    spec = {"full": torch.randn(4, 20), "dim": 1, "sizes": [10, 10], "kwargs": {"top_p": 0.9}}
     for kind, msg, _ in _errors(pool.run("case_sample", 2, spec)):
-        assert kind == "NotImplementedError" and "top_k" in msg
+        assert kind == "NotImplementedError" and "top_p" in msg
 
 
 def test_nan_row_raises_on_every_rank(pool):

@@ -8,7 +8,8 @@ operations of the unsharded op (csrc/cpu/group_kernels.h / sample_kernels.h):
     key = acc(x) + g, acc = float32 (float64 for float64 logits);
   - sampler path (gumbel_ext::sample_filtered): key = (acc(x) - M) / acc(T) + g with M the
     ROW's max over the whole vocabulary -- one all_reduce MAX of [rows] first -- and greedy
-    rows (T == 0) ranked by acc(x) itself, no noise.
+    rows (T == 0) ranked by acc(x) itself, no noise. top-k keeps x >= the row's k-th largest
+    logit: each rank's top-k values go with the row max in one all_gather instead.
 g is the fused noise of the element's global (row, column), bit for bit (keyed_noise), so
 each key equals the unsharded one, and (key, index) pairs carried exactly (float64 holds
 every float32 and every index < 2^53) merge by value, then lowest index: the unsharded
@@ -101,7 +102,10 @@ def sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, g
         The ranks sharing the vocabulary; None is the default group.
     temperature : float or Tensor, default 1.0
         As in :func:`gumbel_ext.sample`, including ``0`` (greedy) and one value per row.
-    top_k, top_p, min_p : None
+    top_k : int or int Tensor, optional
+        As in :func:`gumbel_ext.sample` (the k largest logits, ties at the boundary kept): each
+        rank sends its top-k values with the row max, in the same one collective.
+    top_p, min_p : None
         Not supported vocabulary-parallel yet: raise ``NotImplementedError``.
     seeds, offsets : int64 Tensor, optional
         Per-row noise keys, as in :func:`gumbel_ext.sample`; the same on every rank.
@@ -153,7 +157,7 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
         dim = _wrap_dim(x, dim)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"{_NAME}: num_samples must be an int >= 1, got {num_samples!r}")
-        filters = [n for n, v in (("top_k", top_k), ("top_p", top_p), ("min_p", min_p)) if v is not None]
+        filters = [n for n, v in (("top_p", top_p), ("min_p", min_p)) if v is not None]
         if filters:
             raise NotImplementedError(f"{_NAME}: the filters {', '.join(filters)} are not supported "
                                       "vocabulary-parallel yet (docs/distributed.md); gather the logits and "
@@ -162,8 +166,10 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
                 column_offset, numbers.Integral) or column_offset < 0):
             raise ValueError(f"{_NAME}: column_offset must be an int >= 0, got {column_offset!r}")
         _check_generator(generator, x)
-        plain = (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-                 and temperature == 1.0 and seeds is None and offsets is None and return_logprobs is False)
+        plain = (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 1.0
+                 and seeds is None and offsets is None and top_k is None and return_logprobs is False)
+        k_val, k_rows = sampling._scalar_or_rows("top_k", top_k, 0, x, dim, True, lambda t: t >= 0,
+                                                 ">= 0 (0 means off)")
         temp, temp_rows = sampling._scalar_or_rows(
             "temperature", temperature, 1.0, x, dim, False,
             lambda t: sampling._finite(t) & (t >= 0), "finite and >= 0")
@@ -189,7 +195,8 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
             if _reference_sampler(device, plain):
                 key_offset = 0  # the reference sampler keys rows by the seed alone (reference.row_keys)
         mode = num_samples * 4 + int(plain) * 2 + int(return_logprobs)
-        params = _layout.float_bits(temp) ^ _layout.tensor_hash(temp_rows)
+        params = (_layout.float_bits(temp) ^ _layout.tensor_hash(temp_rows) ^ (k_val * 0x9E3779B97F4A7C1)
+                  ^ (_layout.tensor_hash(k_rows) * 3)) & ((1 << 63) - 1)
     except Exception as e:  # reported to every rank by the exchange
         error = e
     if _local:
@@ -206,11 +213,12 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
     if num_samples > lay.vocab:
         raise ValueError(f"{_NAME}: num_samples={num_samples} exceeds the {lay.vocab} categories along dim "
                          "(sampling without replacement)")
+    top_k_rows = None if plain or (k_rows is None and k_val == 0) else (k_rows if k_rows is not None else k_val)
     return _sample_rows(x, dim, num_samples, lay, plain, temp, temp_rows, seeds, offsets, return_logprobs,
-                        _row_ids)
+                        _row_ids, top_k_rows)
 
 
-def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_logprobs, row_ids):
+def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_logprobs, row_ids, top_k_rows=None):
     rows_view = x.reshape(1, 1) if x.dim() == 0 else x.movedim(dim, -1)
     batch = list(rows_view.shape[:-1])
     L = rows_view.shape[-1]
@@ -228,14 +236,35 @@ def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_
         key = g.add_(xa)  # g is this call's own tensor: x + g in place
         greedy = None
     else:
-        # Global row max and NaN/+inf flags: one all_reduce MAX of [R, 2].
         local = torch.full((R, 2), float("-inf"), dtype=torch.float64, device=x.device)
         if L:
             m = xa.amax(-1)
             bad = ~(m < float("inf"))  # NaN or +inf in the slice
             local[:, 0] = torch.where(bad, torch.full_like(m, float("-inf")), m).double()
             local[:, 1] = bad.double()
-        _comm.all_reduce(local, dist.ReduceOp.MAX, lay.group)
+        kth = None
+        if top_k_rows is not None:
+            # top-k (Note [Sampler semantics]): keep x >= the row's k-th largest logit. Each
+            # rank's top-Kmax values travel with the row max and flags in one all_gather.
+            K = (top_k_rows.to(x.device).reshape(R) if isinstance(top_k_rows, torch.Tensor)
+                 else torch.full((R,), top_k_rows, dtype=torch.int64, device=x.device))
+            active = (K > 0) & (K < lay.vocab)
+            kmax = int(K[active].max()) if bool(active.any()) else 0
+            tops = torch.full((R, kmax), float("-inf"), dtype=torch.float64, device=x.device)
+            if kmax and L:
+                tops[:, :min(kmax, L)] = xa.topk(min(kmax, L), dim=-1).values.double()
+            packed = torch.cat([local, tops], dim=-1).contiguous()
+            gathered = torch.empty((W * R, packed.shape[1]), dtype=torch.float64, device=x.device)
+            _comm.all_gather(gathered, packed, lay.group)
+            gathered = gathered.view(W, R, -1)
+            local = gathered[:, :, :2].amax(0)
+            if kmax:
+                all_tops = gathered[:, :, 2:].permute(1, 0, 2).reshape(R, -1).sort(-1, descending=True).values
+                kth = all_tops.gather(-1, (K.clamp(1, kmax) - 1).unsqueeze(-1))
+                kth = torch.where(active.unsqueeze(-1), kth, torch.full_like(kth, float("-inf"))).to(acc)
+        else:
+            # Global row max and NaN/+inf flags: one all_reduce MAX of [R, 2].
+            _comm.all_reduce(local, dist.ReduceOp.MAX, lay.group)
         M_glob, bad_glob = local[:, 0], local[:, 1] > 0
         r = _first_failing_row(bad_glob, M_glob == float("-inf"))
         if r is not None:
@@ -254,6 +283,12 @@ def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_
             key = g.add_(z)  # g is this call's own tensor: z + g in place
         else:
             key = torch.where(greedy, xa, z + g)
+        if kth is not None:
+            keep = xa >= kth
+            key = torch.where(keep | greedy, key, torch.full_like(key, float("-inf")))
+            z_kept = torch.where(keep, z, torch.full_like(z, float("-inf")))
+        else:
+            z_kept = z
     # Local candidates: the min(k, L) best, padded to k.
     kk = min(k, L)
     cand = torch.full((R, k), float("-inf"), dtype=torch.float64, device=x.device)
@@ -267,7 +302,9 @@ def _sample_rows(x, dim, k, lay, plain, temp, temp_rows, seeds, offsets, return_
             czed[:, :kk] = z.gather(-1, i).double()
     parts = [cand, cidx]
     if return_logprobs:
-        sum_e = torch.exp(z).double().sum(-1, keepdim=True) if L else torch.zeros((R, 1), dtype=torch.float64,
+        # Greedy rows: softmax at T = 1 over every logit (filters ignored).
+        z_sum = z if kth is None else torch.where(greedy, z, z_kept)
+        sum_e = torch.exp(z_sum).double().sum(-1, keepdim=True) if L else torch.zeros((R, 1), dtype=torch.float64,
                                                                                     device=x.device)
         parts += [czed, sum_e]
     packed = torch.cat(parts, dim=-1).contiguous()
