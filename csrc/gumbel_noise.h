@@ -148,8 +148,8 @@ GUMBEL_HD float bits_float(uint32_t b) {
 //
 // Interval i covers float bits [0x3f330000 + (i << 19), 0x3f330000 + ((i + 1) << 19));
 // c is its midpoint (1.0 for i = 9), 1/c is rounded to float, -log c is computed in
-// double and rounded to float. One list, expanded into the host's two arrays (SIMD
-// permutes read them) and the device's array of pairs (one 8-byte load).
+// double and rounded to float. One list, expanded into two arrays (SIMD permutes read
+// them); the device reads them through the wider table of Note [Noise log by exponent].
 #define GUMBEL_NEG_LOG_TABLE(X)                                                            \
   X(0x1.661ec6p+0f, 0x1.57bf74p-2f) X(0x1.571ed4p+0f, 0x1.2bef08p-2f)                      \
   X(0x1.49539ep+0f, 0x1.01eae4p-2f) X(0x1.3c995ap+0f, 0x1.b31d84p-3f)                      \
@@ -161,7 +161,6 @@ GUMBEL_HD float bits_float(uint32_t b) {
   X(0x1.886e6p-1f, -0x1.1058bep-2f) X(0x1.767dcep-1f, -0x1.40430ap-2f)
 #define GUMBEL_FIRST_(a, b) a,
 #define GUMBEL_SECOND_(a, b) b,
-#define GUMBEL_PAIR_(a, b) {a, b},
 
 alignas(64) constexpr float kNegLogInvC[16] = {GUMBEL_NEG_LOG_TABLE(GUMBEL_FIRST_)};
 alignas(64) constexpr float kNegLogC[16] = {GUMBEL_NEG_LOG_TABLE(GUMBEL_SECOND_)};  // -log c
@@ -171,14 +170,10 @@ constexpr float kNegLogLn2 = -0x1.62e43p-1f;      // -log 2
 // rn = -r: rn + rn^2 (1/2 + rn (1/3 + rn (1/4 + rn / 5))).
 constexpr float kNegLogP5 = 0.2f, kNegLogP4 = 0.25f, kNegLogP3 = 1.0f / 3.0f, kNegLogP2 = 0.5f;
 
-#if defined(__CUDACC__)
-__device__ const float2 kNegLogTableDevice[16] = {GUMBEL_NEG_LOG_TABLE(GUMBEL_PAIR_)};
-#endif
 #undef GUMBEL_FIRST_
 #undef GUMBEL_SECOND_
-#undef GUMBEL_PAIR_
 
-// The integer steps shared by every copy: table index i, exponent k (as float, exact) and
+// The integer steps of the host copies: table index i, exponent k (as float, exact) and
 // the reduced argument z (see Note [Noise log]).
 GUMBEL_HD void neg_log_reduce(float x, uint32_t& i, float& k, float& z) {
   const uint32_t ix = float_bits(x);
@@ -188,23 +183,93 @@ GUMBEL_HD void neg_log_reduce(float x, uint32_t& i, float& k, float& z) {
   z = bits_float(ix - (tmp & 0xff800000u));
 }
 
-GUMBEL_HD float neg_log_positive(float x) {
-  uint32_t i;
-  float k, z;
-  neg_log_reduce(x, i, k, z);
-#if defined(__CUDA_ARCH__)
-  const float2 e = __ldg(kNegLogTableDevice + i);  // read-only path, one 8-byte load
-  const float inv_c = e.x, neg_log_c = e.y;
-#else
-  const float inv_c = kNegLogInvC[i], neg_log_c = kNegLogC[i];
-#endif
-  const float rn = fma_rn(-z, inv_c, 1.0f);  // -(z / c - 1)
-  const float neg_y0 = fma_rn(k, kNegLogLn2, neg_log_c);
+// The float steps after the reduction, shared by both forms below: rn = -(z / c - 1),
+// neg_y0 = -(k log 2 + log c).
+GUMBEL_HD float neg_log_tail(float rn, float neg_y0) {
   const float r2 = mul_rn(rn, rn);
   float p = fma_rn(kNegLogP5, rn, kNegLogP4);
   p = fma_rn(p, rn, kNegLogP3);
   p = fma_rn(p, rn, kNegLogP2);
   return add_rn(fma_rn(p, r2, rn), neg_y0);
+}
+
+// Note [Noise log by exponent]
+// The device form of neg_log_positive, bit for bit the same function: one table row per
+// (k, i) holds
+//   - inv_c * 2^-k, so that rn = fma(-x, inv_c 2^-k, 1) = fma(-z, inv_c, 1): x = z 2^k,
+//     and scaling by a power of two is exact, so the fma sees the same exact product;
+//   - fma(k, -log 2, -log c) itself: computed in double, where k log 2 (at most 30
+//     bits) plus -log c is exact, then rounded once to float -- the fma's one rounding.
+// That drops the exponent's conversion, its fma and z's two integer steps (7 of the
+// draw's SASS instructions per log pair, scripts/sass_budget.py), and the index is one
+// arithmetic shift: (x's bits - offset) >> 19 = 16 k + i. The rows cover k in
+// [kNegLogMinK, kNegLogMaxK], x in [0.699 * 2^-32, 1.398 * 2^7): the transform's inputs
+// (k in [-24, 4]) with room to spare; outside it the index leaves the table. The
+// emulator (tests/emulation) compiles this form too, so tests/test_noise.py compares the
+// AVX copies' fma form with it over every uniform and the outer log's whole domain.
+constexpr int kNegLogMinK = -32, kNegLogMaxK = 7;
+constexpr int kNegLogRows = (kNegLogMaxK - kNegLogMinK + 1) * 16;
+
+struct alignas(8) NegLogRow {
+  float inv_c_scaled;  // inv_c * 2^-k
+  float neg_y0;        // fma(k, -log 2, -log c)
+};
+
+struct NegLogByExponent {
+  NegLogRow row[kNegLogRows];
+};
+
+constexpr float exact_pow2f(int e) {
+  float v = 1.0f;
+  for (; e > 0; --e) v *= 2.0f;
+  for (; e < 0; ++e) v *= 0.5f;
+  return v;
+}
+
+constexpr NegLogByExponent make_neg_log_by_exponent() {
+  NegLogByExponent t{};
+  for (int k = kNegLogMinK; k <= kNegLogMaxK; ++k) {
+    for (int i = 0; i < 16; ++i) {
+      NegLogRow& e = t.row[(k - kNegLogMinK) * 16 + i];
+      e.inv_c_scaled = kNegLogInvC[i] * exact_pow2f(-k);
+      e.neg_y0 = static_cast<float>(static_cast<double>(k) * static_cast<double>(kNegLogLn2) +
+                                    static_cast<double>(kNegLogC[i]));
+    }
+  }
+  return t;
+}
+
+#if defined(__CUDA_ARCH__) || defined(GUMBEL_EXT_HOST_EMULATION)
+#define GUMBEL_NEG_LOG_BY_EXPONENT 1
+#endif
+
+#if defined(__CUDACC__)
+__device__ const NegLogByExponent kNegLogByExponentDevice = make_neg_log_by_exponent();
+#endif
+#if defined(GUMBEL_NEG_LOG_BY_EXPONENT) && !defined(__CUDA_ARCH__)
+constexpr NegLogByExponent kNegLogByExponentHost = make_neg_log_by_exponent();
+#endif
+
+GUMBEL_HD float neg_log_positive(float x) {
+#if defined(GUMBEL_NEG_LOG_BY_EXPONENT)
+  // 16 k + i (see Note [Noise log by exponent]); arithmetic shift.
+  const int32_t ki = static_cast<int32_t>(float_bits(x) - kNegLogOffset) >> 19;
+#if defined(__CUDA_ARCH__)
+  const NegLogRow* rows = kNegLogByExponentDevice.row - 16 * kNegLogMinK;
+  const float2 e = __ldg(reinterpret_cast<const float2*>(rows + ki));  // one 8-byte load
+  return neg_log_tail(fma_rn(-x, e.x, 1.0f), e.y);
+#else
+  const NegLogRow e = kNegLogByExponentHost.row[ki - 16 * kNegLogMinK];
+  return neg_log_tail(fma_rn(-x, e.inv_c_scaled, 1.0f), e.neg_y0);
+#endif
+#else
+  uint32_t i;
+  float k, z;
+  neg_log_reduce(x, i, k, z);
+  const float inv_c = kNegLogInvC[i], neg_log_c = kNegLogC[i];
+  const float rn = fma_rn(-z, inv_c, 1.0f);  // -(z / c - 1)
+  return neg_log_tail(rn, fma_rn(k, kNegLogLn2, neg_log_c));
+#endif
 }
 
 // -log(x): the transform only ever negates its logs.
@@ -277,6 +342,16 @@ template <typename U>
 GUMBEL_HD auto bits_to_uniform(U bits) {
   return lane_to_float(bits >> 9) * 1.1920928955078125e-07f + 5.9604644775390625e-08f;  // 2^-23, 2^-24
 }
+
+#if defined(GUMBEL_NEG_LOG_BY_EXPONENT)
+// The device form of the same uniform: 1 + m 2^-23 has the bits 0x3f800000 | m, and
+// subtracting 1 - 2^-24 gives m 2^-23 + 2^-24 exactly (at most 24 significant bits), so
+// one correctly rounded add returns it. A shift-add and an add instead of a shift, an
+// integer-to-float conversion (a quarter-rate instruction) and an fma.
+GUMBEL_HD float bits_to_uniform(uint32_t bits) {
+  return add_rn(bits_float((bits >> 9) | 0x3f800000u), -0x1.fffffep-1f);
+}
+#endif
 
 template <typename F>
 GUMBEL_HD F uniform_to_gumbel(F u) {

@@ -22,9 +22,9 @@ __global__ void noise_probe(float* out, uint64_t seed, uint64_t offset, uint64_t
 template __global__ void warp_forward_kernel<float, 8>(ForwardArgs<float>, int64_t, int, bool, Rng);
 template __global__ void block_forward_kernel<float>(ForwardArgs<float>, int64_t, int64_t, bool, bool, Rng);
 template __global__ void spatial_forward_kernel<float>(ForwardArgs<float>, Shape, Rng);
-template __global__ void warp_backward_kernel<float, 8>(BackwardArgs<float>, int64_t, int, bool, Rng);
-template __global__ void block_backward_kernel<float>(BackwardArgs<float>, int64_t, int64_t, bool, bool, bool, Rng);
-template __global__ void spatial_backward_kernel<float>(BackwardArgs<float>, Shape, Rng);
+template __global__ void warp_backward_kernel<float, 8, false>(BackwardArgs<float>, int64_t, int, bool, Rng);
+template __global__ void block_backward_kernel<float, false>(BackwardArgs<float>, int64_t, int64_t, bool, bool, bool, Rng);
+template __global__ void spatial_backward_kernel<float, false>(BackwardArgs<float>, Shape, Rng);
 
 }  // namespace cuda
 }  // namespace gumbel_ext

@@ -8,12 +8,25 @@ namespace gumbel_ext {
 namespace cuda {
 namespace {
 
+// Calls f(std::bool_constant<args.grad_tau != nullptr>): the kernels take it as a template
+// parameter, so the log of dL/dtau is compiled out when no tau gradient is wanted.
+template <typename scalar_t, typename F>
+void with_grad_tau(const BackwardArgs<scalar_t>& args, F&& f) {
+  if (args.grad_tau != nullptr) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
 template <typename scalar_t, int L>
 void launch_warp_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int length, bool aligned,
                           const Rng& rng, cudaStream_t stream) {
   const int64_t blocks = std::min(ceil_div(rows, warp_rows_per_block<L>()), kMaxGrid);
-  warp_backward_kernel<scalar_t, L><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(
-      args, rows, length, aligned, rng);
+  with_grad_tau(args, [&](auto grad_tau) {
+    warp_backward_kernel<scalar_t, L, decltype(grad_tau)::value>
+        <<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(args, rows, length, aligned, rng);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -36,10 +49,14 @@ void block_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int64_t le
                     const Rng& rng, cudaStream_t stream) {
   const int64_t chunks = ceil_div(length, chunk_size<scalar_t>());
   const int threads = row_block_threads(chunks);
-  const BackwardSmem smem = backward_smem<scalar_t>(chunks, max_block_smem());
-  allow_dynamic_smem(block_backward_kernel<scalar_t>, smem.bytes);
-  block_backward_kernel<scalar_t><<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem.bytes, stream>>>(
-      args, rows, length, aligned, smem.keep_y, smem.keep_g, rng);
+  const BackwardSmem smem = backward_smem<scalar_t>(args.hard, chunks, max_block_smem());
+  with_grad_tau(args, [&](auto grad_tau) {
+    constexpr bool kGradTau = decltype(grad_tau)::value;
+    allow_dynamic_smem(block_backward_kernel<scalar_t, kGradTau>, smem.bytes);
+    block_backward_kernel<scalar_t, kGradTau>
+        <<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem.bytes, stream>>>(
+            args, rows, length, aligned, smem.keep_y, smem.keep_g, rng);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -54,7 +71,10 @@ void backward(const BackwardArgs<scalar_t>& args, const Shape& shape, const Rng&
   if (rows == 0 || length == 0) return;
   if (shape.inner > 1) {
     const dim3 block = spatial_block(shape);
-    spatial_backward_kernel<scalar_t><<<spatial_grid(shape, block), block, 0, stream>>>(args, shape, rng);
+    with_grad_tau(args, [&](auto grad_tau) {
+      spatial_backward_kernel<scalar_t, decltype(grad_tau)::value>
+          <<<spatial_grid(shape, block), block, 0, stream>>>(args, shape, rng);
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }

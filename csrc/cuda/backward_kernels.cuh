@@ -14,16 +14,21 @@ __device__ __forceinline__ acc_t as_stored(acc_t y) {
 }
 
 // dz = y (g - dot); writes dz / tau and returns log(y) * dz (0 where y == 0), the
-// element's share of sum_c z_c dL/dz_c (see the CPU backward).
-template <typename acc_t>
+// element's share of sum_c z_c dL/dz_c (see the CPU backward). kGradTau is a template
+// parameter of the kernels: without a tau gradient there is no log at all.
+template <bool kGradTau, typename acc_t>
 __device__ __forceinline__ acc_t grad_element(acc_t y, acc_t g, acc_t dot, acc_t inv_tau, acc_t& out) {
   const acc_t dz = y * (g - dot);
   out = dz * inv_tau;
-  return y > acc_t(0) ? acc_log(y) * dz : acc_t(0);
+  if constexpr (kGradTau) {
+    return y > acc_t(0) ? acc_log(y) * dz : acc_t(0);
+  } else {
+    return acc_t(0);
+  }
 }
 
 // ------------------------------------------------------------------- warp per row
-template <typename scalar_t, int kLog2Chunks>
+template <typename scalar_t, int kLog2Chunks, bool kGradTau>
 __global__ void __launch_bounds__(kWarpRowThreads)
     warp_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int length, bool aligned, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -84,10 +89,10 @@ __global__ void __launch_bounds__(kWarpRowThreads)
       const int c0 = (j * W + lw) * V;
       acc_t out[V];
 #pragma unroll
-      for (int i = 0; i < V; ++i) tau_sum += grad_element(y[j][i], g[j][i], dot, inv_tau, out[i]);
+      for (int i = 0; i < V; ++i) tau_sum += grad_element<kGradTau>(y[j][i], g[j][i], dot, inv_tau, out[i]);
       if (valid && c0 < length) store_chunk<V>(args.grad_logits + start, c0, length, aligned, out);
     }
-    if (GUMBEL_RUNTIME(args.grad_tau != nullptr, false)) {
+    if constexpr (kGradTau) {
       tau_sum = warp_allreduce<W>(tau_sum, SumOp());
       if (valid && lw == 0) args.grad_tau[r] = -inv_tau * tau_sum;
     }
@@ -98,12 +103,13 @@ __global__ void __launch_bounds__(kWarpRowThreads)
 // Shared memory (each optional, decided by what fits): ys, acc_t [V][chunks], holds x
 // and then y; gs, scalar_t [V][chunks], holds the incoming gradient. What is not kept is
 // read (or regenerated) again in the second pass.
-template <typename scalar_t>
+template <typename scalar_t, bool kGradTau>
 __global__ void __launch_bounds__(kMaxBlockThreads)
     block_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int64_t length, bool aligned,
                           bool keep_y, bool keep_g, Rng rng) {
-  keep_y = GUMBEL_RUNTIME(keep_y, GUMBEL_EXT_SASS_KEEP != 0);
-  keep_g = GUMBEL_RUNTIME(keep_g, GUMBEL_EXT_SASS_KEEP != 0);
+  // The probe keeps what backward_smem would: nothing for the soft backward.
+  keep_y = GUMBEL_RUNTIME(keep_y, GUMBEL_EXT_SASS_KEEP != 0 && GUMBEL_EXT_SASS_MODE != 0);
+  keep_g = GUMBEL_RUNTIME(keep_g, GUMBEL_EXT_SASS_KEEP != 0 && GUMBEL_EXT_SASS_MODE != 0);
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
   __shared__ __align__(16) unsigned char scratch[kScratchBytes];
@@ -118,9 +124,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
     MaxSum<acc_t> st = max_sum_identity<acc_t>();
     if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
-      st = block_stats<V>(args.saved + start, length, aligned, seed, offset, r, inv_tau, ys, scratch);
+      st = block_stats<V>(args.saved + start, length, aligned, seed, offset, r, exp2_scale(inv_tau), ys, scratch);
     }
-    const SoftRow<acc_t> soft(st, inv_tau);
+    const SoftRow<acc_t> soft(st, exp2_scale(inv_tau));
     // y of chunk k; `from_ys` when ys holds y already (second pass).
     auto load_y = [&](int64_t k, acc_t (&y)[V], bool from_ys) {
       if (from_ys) {
@@ -168,10 +174,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       load_y(k, y, ys != nullptr);
       load_g(k, g, gs != nullptr);
 #pragma unroll
-      for (int i = 0; i < V; ++i) tau_sum += grad_element(y[i], g[i], dot, inv_tau, out[i]);
+      for (int i = 0; i < V; ++i) tau_sum += grad_element<kGradTau>(y[i], g[i], dot, inv_tau, out[i]);
       store_chunk<V>(args.grad_logits + start, k * V, length, aligned, out);
     }
-    if (GUMBEL_RUNTIME(args.grad_tau != nullptr, false)) {
+    if constexpr (kGradTau) {
       tau_sum = block_allreduce(tau_sum, SumOp(), acc_t(0), scratch);
       if (threadIdx.x == 0) args.grad_tau[r] = -inv_tau * tau_sum;
     }
@@ -179,7 +185,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 }
 
 // ------------------------------------------------------------ parallel over inner
-template <typename scalar_t>
+template <typename scalar_t, bool kGradTau>
 __global__ void __launch_bounds__(kSpatialThreads)
     spatial_backward_kernel(BackwardArgs<scalar_t> args, Shape shape, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -197,9 +203,9 @@ __global__ void __launch_bounds__(kSpatialThreads)
       const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
       MaxSum<acc_t> st = max_sum_identity<acc_t>();
       if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
-        st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, inv_tau, scratch);
+        st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, exp2_scale(inv_tau), scratch);
       }
-      const SoftRow<acc_t> soft(st, inv_tau);
+      const SoftRow<acc_t> soft(st, exp2_scale(inv_tau));
       auto load = [&](int64_t q, acc_t (&y)[4], acc_t (&g)[4]) {
         if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) perturbed_quad(args.saved + start, inner, q, length, seed, offset, r, y);
 #pragma unroll
@@ -231,12 +237,12 @@ __global__ void __launch_bounds__(kSpatialThreads)
           load(q, y, g);
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            tau_sum += grad_element(y[j], g[j], dot, inv_tau, out[j]);
+            tau_sum += grad_element<kGradTau>(y[j], g[j], dot, inv_tau, out[j]);
             if (4 * q + j < length) args.grad_logits[start + (4 * q + j) * inner] = static_cast<scalar_t>(out[j]);
           }
         }
       }
-      if (GUMBEL_RUNTIME(args.grad_tau != nullptr, false)) {
+      if constexpr (kGradTau) {
         tau_sum = column_allreduce(tau_sum, SumOp(), scratch);
         if (valid && threadIdx.y == 0) args.grad_tau[r] = -inv_tau * tau_sum;
       }

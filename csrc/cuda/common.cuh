@@ -62,6 +62,35 @@ __device__ __forceinline__ double acc_exp(double x) { return ::exp(x); }
 __device__ __forceinline__ float acc_log(float x) { return ::logf(x); }
 __device__ __forceinline__ double acc_log(double x) { return ::log(x); }
 
+// Note [exp2 softmax]
+// The kernels compute e = exp((x - X) / tau) as exp2((x - X) * scale) with scale =
+// log2(e) / tau taken once per row: one subtraction, one multiply and one exp2 per
+// element. On the device exp2 is ex2.approx.ftz (one MUFU instruction, 2 ulp): results
+// below 2^-126 flush to 0, as the CPU kernels' exp_nonpositive does (kExpMinNormal);
+// -inf gives 0 and NaN stays NaN. The emulator's copy flushes the same way.
+constexpr double kLog2e = 1.4426950408889634;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t exp2_scale(acc_t inv_tau) {
+  return inv_tau * static_cast<acc_t>(kLog2e);
+}
+
+__device__ __forceinline__ float acc_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return x < -126.0f ? 0.0f : std::exp2(x);
+#endif
+}
+__device__ __forceinline__ double acc_exp2(double x) { return ::exp2(x); }
+
+// max that ignores NaN (one FMNMX): the softmax paths let a NaN reach the sum instead,
+// which makes the whole row NaN (see max_sum_add_group).
+__device__ __forceinline__ float row_max(float a, float b) { return ::fmaxf(a, b); }
+__device__ __forceinline__ double row_max(double a, double b) { return ::fmax(a, b); }
+
 template <typename T>
 __device__ __forceinline__ T neg_inf() {
   return static_cast<T>(-INFINITY);
@@ -243,6 +272,46 @@ struct MaxSumOp {
   }
 };
 
+// (max m, sum s of exp2((x - m) * scale)) as the block and spatial kernels keep it (Note
+// [exp2 softmax]): a thread folds in a group of G values at a time -- the group's max,
+// one rescale of s per group, then one exp2 per element, no per-element branch. A NaN
+// x is ignored by the max and makes s NaN; a +inf makes m infinite; either way the row
+// comes out NaN (SoftRow in rows.cuh). While m is still -inf (only -inf and NaN so far) the values
+// are taken relative to 0, so that a NaN still reaches s and -inf adds 0.
+template <int U, int V, typename acc_t>
+__device__ __forceinline__ void max_sum_add_group(MaxSum<acc_t>& st, const acc_t (&x)[U][V], acc_t scale) {
+  acc_t gm = x[0][0];
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int i = 0; i < V; ++i) gm = row_max(gm, x[u][i]);
+  if (gm > st.m) {
+    st.s *= acc_exp2((st.m - gm) * scale);
+    st.m = gm;
+  }
+  const acc_t ref = st.m > neg_inf<acc_t>() ? st.m : acc_t(0);
+  acc_t s = 0;
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int i = 0; i < V; ++i) s += acc_exp2((x[u][i] - ref) * scale);
+  st.s += s;
+}
+
+// Combines two threads' (m, s) of max_sum_add_group; s of an empty side (m = -inf) is 0
+// or NaN, and is kept as it is so that a NaN is never dropped.
+template <typename acc_t>
+struct MaxSumExp2Op {
+  acc_t scale;
+  __device__ __forceinline__ MaxSum<acc_t> operator()(MaxSum<acc_t> a, MaxSum<acc_t> b) const {
+    const acc_t m = nan_max(a.m, b.m);
+    if (!is_finite(m)) return {m, a.s + b.s};
+    const acc_t sa = a.m > neg_inf<acc_t>() ? a.s * acc_exp2((a.m - m) * scale) : a.s;
+    const acc_t sb = b.m > neg_inf<acc_t>() ? b.s * acc_exp2((b.m - m) * scale) : b.s;
+    return {m, sa + sb};
+  }
+};
+
 // Argmax with torch.argmax's order: NaN above everything, ties to the lowest index.
 template <typename acc_t>
 struct ArgMax {
@@ -268,6 +337,18 @@ struct ArgMaxOp {
     return take_b ? b : a;
   }
 };
+
+// A thread's running argmax over its own columns, visited in increasing order: a strict
+// > keeps the lowest index among equal values, a NaN beats every number and the first
+// NaN stays (torch.argmax's order, as ArgMaxOp). Start it at {-inf, the thread's first
+// column}: an all -inf run then reports its lowest column, as ArgMaxOp would; ArgMaxOp
+// combines the threads. Two compares and two selects per element.
+template <typename acc_t, typename index_t>
+__device__ __forceinline__ void argmax_step(acc_t& best, index_t& best_index, acc_t x, index_t c) {
+  const bool take = !(x <= best) && best == best;
+  best = take ? x : best;
+  best_index = take ? c : best_index;
+}
 
 template <typename T>
 __device__ __forceinline__ T shfl_xor(T v, int mask, int width) {
@@ -398,9 +479,15 @@ struct BackwardSmem {
   size_t bytes;
 };
 
+// The soft backward keeps nothing: it reads y and g from global memory in both passes
+// (the second read of a row hits L2), which takes fewer instructions per element than a
+// shared-memory copy (a store, a load and a conversion) -- the copy cost 42.8 SASS per
+// element against 14.2 (scripts/sass_budget.py). The hard backward keeps y, which it
+// would otherwise regenerate noise and all.
 template <typename scalar_t>
-inline BackwardSmem backward_smem(int64_t chunks, int64_t smem_bytes) {
+inline BackwardSmem backward_smem(bool hard, int64_t chunks, int64_t smem_bytes) {
   using acc_t = at::opmath_type<scalar_t>;
+  if (!hard) return {false, false, 0};
   const int64_t budget = smem_bytes - kScratchBytes;
   const int64_t y_bytes = chunks * chunk_size<scalar_t>() * static_cast<int64_t>(sizeof(acc_t));
   const int64_t g_bytes = chunks * chunk_size<scalar_t>() * static_cast<int64_t>(sizeof(scalar_t));

@@ -62,15 +62,14 @@ __global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
       }
       continue;
     }
-    ArgMax<acc_t> best = argmax_identity<acc_t>();
+    // Columns past the row hold -inf and never win a strict >.
+    acc_t best_v = neg_inf<acc_t>();
+    int best_c = lw * V;
 #pragma unroll
     for (int j = 0; j < J; ++j)
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int c = (j * W + lw) * V + i;
-        if (c < length) best = ArgMaxOp()(best, ArgMax<acc_t>{x[j][i], c});
-      }
-    best = warp_allreduce<W>(best, ArgMaxOp());
+      for (int i = 0; i < V; ++i) argmax_step(best_v, best_c, x[j][i], (j * W + lw) * V + i);
+    const ArgMax<acc_t> best = warp_allreduce<W>(ArgMax<acc_t>{best_v, best_c}, ArgMaxOp());
     if (!valid) continue;
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
       if (lw == 0) args.indices[r] = best.i;
@@ -106,9 +105,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = args.logits + r * length;
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
-      const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
-      const SoftRow<acc_t> soft(
-          block_stats<V>(row, length, aligned, seed, offset, r, inv_tau, xs, scratch), inv_tau);
+      const acc_t scale = exp2_scale(row_inv_tau(args.tau_rows, args.inv_tau, r));
+      const SoftRow<acc_t> soft(block_stats<V>(row, length, aligned, seed, offset, r, scale, xs, scratch), scale);
       scalar_t* out = args.out + r * length;
       for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
         acc_t x[kU][V];
@@ -133,7 +131,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       }
       continue;
     }
-    ArgMax<acc_t> best = argmax_identity<acc_t>();
+    // Columns past the row hold -inf and never win a strict >.
+    acc_t best_v = neg_inf<acc_t>();
+    int64_t best_c = int64_t{threadIdx.x} * V;
     for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
       acc_t x[kU][V];
       perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
@@ -141,11 +141,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       for (int u = 0; u < kU; ++u) {
         const int64_t c0 = (k0 + u * int64_t{blockDim.x}) * V;
 #pragma unroll
-        for (int i = 0; i < V; ++i)
-          if (c0 + i < length) best = ArgMaxOp()(best, ArgMax<acc_t>{x[u][i], c0 + i});
+        for (int i = 0; i < V; ++i) argmax_step(best_v, best_c, x[u][i], c0 + i);
       }
     }
-    best = block_allreduce(best, ArgMaxOp(), argmax_identity<acc_t>(), scratch);
+    const ArgMax<acc_t> best =
+        block_allreduce(ArgMax<acc_t>{best_v, best_c}, ArgMaxOp(), argmax_identity<acc_t>(), scratch);
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
       if (threadIdx.x == 0) args.indices[r] = best.i;
       continue;
@@ -178,9 +178,8 @@ __global__ void __launch_bounds__(kSpatialThreads)
       const int64_t start = o * length * inner + i;
       const scalar_t* row = args.logits + (valid ? start : 0);
       if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
-        const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
-        const SoftRow<acc_t> soft(
-            spatial_stats(row, inner, length, valid, seed, offset, r, inv_tau, scratch), inv_tau);
+        const acc_t scale = exp2_scale(valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1));
+        const SoftRow<acc_t> soft(spatial_stats(row, inner, length, valid, seed, offset, r, scale, scratch), scale);
         if (!valid) continue;
         scalar_t* out = args.out + start;
         for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
@@ -192,17 +191,18 @@ __global__ void __launch_bounds__(kSpatialThreads)
         }
         continue;
       }
-      ArgMax<acc_t> best = argmax_identity<acc_t>();
+      // Columns past the row hold -inf and never win a strict >.
+      acc_t best_v = neg_inf<acc_t>();
+      int64_t best_c = valid ? 4 * int64_t{threadIdx.y} : INT64_MAX;
       if (valid) {
         for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
           acc_t x[4];
           perturbed_quad(row, inner, q, length, seed, offset, r, x);
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (4 * q + j < length) best = ArgMaxOp()(best, ArgMax<acc_t>{x[j], 4 * q + j});
+          for (int j = 0; j < 4; ++j) argmax_step(best_v, best_c, x[j], 4 * q + j);
         }
       }
-      best = column_allreduce(best, ArgMaxOp(), scratch);
+      const ArgMax<acc_t> best = column_allreduce(ArgMax<acc_t>{best_v, best_c}, ArgMaxOp(), scratch);
       if (!valid) continue;
       if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
         if (threadIdx.y == 0) args.indices[r] = best.i;

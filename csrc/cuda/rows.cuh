@@ -37,46 +37,47 @@ constexpr int kSpatialThreads = 256;
 // tau).
 template <typename acc_t>
 __device__ __forceinline__ acc_t row_inv_tau(const acc_t* tau_rows, double inv_tau, int64_t r) {
-  if (tau_rows == nullptr) return static_cast<acc_t>(inv_tau);
+  if (GUMBEL_RUNTIME(tau_rows == nullptr, true)) return static_cast<acc_t>(inv_tau);  // the probe: a float tau
   const acc_t t = tau_rows[r];
   return t > acc_t(0) && is_finite(t) ? acc_t(1) / t : quiet_nan<acc_t>();
 }
 
-// One row of a block or spatial kernel: y_c = exp((x_c - X) * inv_tau) / S, or NaN
-// everywhere when X is not finite (see Note [Per-row softmax math]).
+// One row of a block or spatial kernel: y_c = exp2((x_c - X) * scale) / S, or NaN
+// everywhere when X is not finite (see Note [Per-row softmax math]); the NaN goes into
+// inv_sum once per row, not into a select per element.
 template <typename acc_t>
 struct SoftRow {
   acc_t x_max;
+  acc_t scale;
   acc_t inv_sum;
-  acc_t inv_tau;
-  bool finite;
 
-  __device__ __forceinline__ SoftRow(MaxSum<acc_t> st, acc_t inv_tau_)
-      : x_max(st.m), inv_sum(acc_t(1) / st.s), inv_tau(inv_tau_), finite(is_finite(st.m)) {}
+  __device__ __forceinline__ SoftRow(MaxSum<acc_t> st, acc_t scale_)
+      : x_max(st.m), scale(scale_), inv_sum(is_finite(st.m) ? acc_t(1) / st.s : quiet_nan<acc_t>()) {}
 
-  __device__ __forceinline__ acc_t operator()(acc_t x) const {
-    return finite ? acc_exp(scaled_exponent(x, x_max, inv_tau)) * inv_sum : quiet_nan<acc_t>();
-  }
+  __device__ __forceinline__ acc_t operator()(acc_t x) const { return acc_exp2((x - x_max) * scale) * inv_sum; }
 };
 
 // ---- warp per row: the row in registers, lane `lw` of W holds chunks j * W + lw.
 // x (perturbed logits, -inf past the row) becomes e = exp((x - X) * inv_tau); returns
-// 1 / sum(e). NaN rows come out NaN by themselves: X NaN or +-inf makes the sum NaN.
+// 1 / sum(e). The max first (ignoring NaN), then one exp2 per element with log2(e)
+// folded into the scale (Note [exp2 softmax]), no branch: -inf gives e = 0, and a NaN
+// x, a +inf X (inf - inf) or an all -inf row (-inf - -inf) makes the sum NaN, so every
+// output of that row is NaN.
 template <int W, int J, int V, typename acc_t>
 __device__ __forceinline__ acc_t softmax_registers(acc_t (&x)[J][V], acc_t inv_tau) {
   acc_t x_max = neg_inf<acc_t>();
 #pragma unroll
   for (int j = 0; j < J; ++j)
 #pragma unroll
-    for (int i = 0; i < V; ++i) x_max = nan_max(x_max, x[j][i]);
+    for (int i = 0; i < V; ++i) x_max = row_max(x_max, x[j][i]);
   x_max = warp_allreduce<W>(x_max, MaxOp());
+  const acc_t scale = exp2_scale(inv_tau);
   acc_t sum = 0;
 #pragma unroll
   for (int j = 0; j < J; ++j)
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      x[j][i] = x[j][i] == neg_inf<acc_t>() ? acc_t(0)
-                                            : acc_exp(scaled_exponent(x[j][i], x_max, inv_tau));
+      x[j][i] = acc_exp2((x[j][i] - x_max) * scale);
       sum += x[j][i];
     }
   sum = warp_allreduce<W>(sum, SumOp());
@@ -85,31 +86,31 @@ __device__ __forceinline__ acc_t softmax_registers(acc_t (&x)[J][V], acc_t inv_t
 
 // ---- block per row: thread t holds chunks k = t, t + T, ...; `xs` (optional, shared
 // memory laid out [V][chunks] so that a warp's accesses hit distinct banks) keeps x for
-// a second pass.
+// a second pass. `scale` = exp2_scale(inv_tau).
 template <int V, typename scalar_t, typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict__ row,
                                                      int64_t length, bool aligned, uint64_t seed,
-                                                     uint64_t offset, uint64_t r, acc_t inv_tau,
+                                                     uint64_t offset, uint64_t r, acc_t scale,
                                                      acc_t* xs, void* scratch) {
   constexpr int U = chunks_in_flight<acc_t, V>();
   const int64_t chunks = ceil_div(length, V);
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
-  // Chunks k = t, t + T, t + 2T, ... in this order (U at a time).
+  // Chunks k = t, t + T, t + 2T, ... in this order (U at a time, one group of U * V).
   for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += U * int64_t{blockDim.x}) {
     acc_t x[U][V];
     perturbed_chunks<U>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+    if (xs != nullptr) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t k = k0 + u * int64_t{blockDim.x};
-      if (k >= chunks) break;
+      for (int u = 0; u < U; ++u) {
+        const int64_t k = k0 + u * int64_t{blockDim.x};
+        if (k >= chunks) break;
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        if (xs != nullptr) xs[i * chunks + k] = x[u][i];
-        max_sum_add(st, x[u][i], inv_tau);
+        for (int i = 0; i < V; ++i) xs[i * chunks + k] = x[u][i];
       }
     }
+    max_sum_add_group(st, x, scale);
   }
-  return block_allreduce(st, MaxSumOp<acc_t>{inv_tau}, max_sum_identity<acc_t>(), scratch);
+  return block_allreduce(st, MaxSumExp2Op<acc_t>{scale}, max_sum_identity<acc_t>(), scratch);
 }
 
 // ---- spatial: thread (tx, ty) walks 4-column blocks q = ty, ty + by, ... of row r,
@@ -132,18 +133,17 @@ template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> spatial_stats(const scalar_t* __restrict__ row,
                                                        int64_t inner, int64_t length, bool valid,
                                                        uint64_t seed, uint64_t offset, uint64_t r,
-                                                       acc_t inv_tau, void* scratch) {
+                                                       acc_t scale, void* scratch) {
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
   if (valid) {
     const int64_t quads = ceil_div(length, 4);
     for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
-      acc_t x[4];
-      perturbed_quad(row, inner, q, length, seed, offset, r, x);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) max_sum_add(st, x[j], inv_tau);
+      acc_t x[1][4];
+      perturbed_quad(row, inner, q, length, seed, offset, r, x[0]);
+      max_sum_add_group(st, x, scale);
     }
   }
-  return column_allreduce(st, MaxSumOp<acc_t>{inv_tau}, scratch);
+  return column_allreduce(st, MaxSumExp2Op<acc_t>{scale}, scratch);
 }
 
 }  // namespace cuda

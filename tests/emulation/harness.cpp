@@ -127,12 +127,15 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
     args.inv_tau = inv_tau;
     args.hard = hard != 0;
     const int64_t rows = shape.rows();
+    // The tau gradient is a template parameter of the kernels, as in backward.cu.
+    auto run = [&](auto grad_tau_tag) {
+    constexpr bool kGradTau = decltype(grad_tau_tag)::value;
     if (inner > 1) {
       const dim3 block = spatial_block(shape);
       dim3 grid = spatial_grid(shape, block);
       grid.x = capped(grid.x, grid_cap);
       grid.y = capped(grid.y, grid_cap);
-      simt::launch(spatial_backward_kernel<scalar_t>, grid, block, 0, args, shape, r);
+      simt::launch(spatial_backward_kernel<scalar_t, kGradTau>, grid, block, 0, args, shape, r);
       return;
     }
     const bool aligned = length % V == 0 && aligned16(args.grad) && aligned16(args.saved) &&
@@ -142,16 +145,22 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
         constexpr int L = decltype(l)::value;
         if constexpr ((1 << L) * V <= kMaxWarpRow) {
           constexpr int per_block = warp_rows_per_block<L>();
-          simt::launch(warp_backward_kernel<scalar_t, L>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
+          simt::launch(warp_backward_kernel<scalar_t, L, kGradTau>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
                        dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), aligned, r);
         }
       });
       return;
     }
     const int64_t chunks = ceil_div(length, V);
-    const BackwardSmem smem = backward_smem<scalar_t>(chunks, smem_budget);
-    simt::launch(block_backward_kernel<scalar_t>, dim3(capped(rows, grid_cap)), dim3(row_block_threads(chunks)),
+    const BackwardSmem smem = backward_smem<scalar_t>(args.hard, chunks, smem_budget);
+    simt::launch(block_backward_kernel<scalar_t, kGradTau>, dim3(capped(rows, grid_cap)), dim3(row_block_threads(chunks)),
                  smem.bytes, args, rows, length, aligned, smem.keep_y, smem.keep_g, r);
+    };
+    if (args.grad_tau != nullptr) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
   });
   return rc != 0 ? rc : finish();
 }
