@@ -100,8 +100,9 @@ __global__ void __launch_bounds__(kWarpRowThreads)
 }
 
 // ------------------------------------------------------------------ block per row
-// Shared memory (each optional, decided by what fits): ys, acc_t [V][chunks], holds x
-// and then y; gs, scalar_t [V][chunks], holds the incoming gradient. What is not kept is
+// Shared memory (each optional, decided by what fits; chunk k at k * V, see
+// smem_store_chunk): ys, acc_t, holds x and then y; gs, scalar_t, holds the incoming
+// gradient. What is not kept is
 // read (or regenerated) again in the second pass.
 template <typename scalar_t, bool kGradTau>
 __global__ void __launch_bounds__(kMaxBlockThreads)
@@ -130,17 +131,15 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     // y of chunk k; `from_ys` when ys holds y already (second pass).
     auto load_y = [&](int64_t k, acc_t (&y)[V], bool from_ys) {
       if (from_ys) {
-#pragma unroll
-        for (int i = 0; i < V; ++i) y[i] = ys[i * chunks + k];
+        smem_load_chunk<V>(ys, k, y);
         return;
       }
       if (!GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
         load_chunk<V>(args.saved + start, k * V, length, aligned, y, acc_t(0));
         return;
       }
-      if (ys != nullptr) {
-#pragma unroll
-        for (int i = 0; i < V; ++i) y[i] = ys[i * chunks + k];  // x, from block_stats
+      if (keep_y) {
+        smem_load_chunk<V>(ys, k, y);  // x, from block_stats
       } else {
         perturbed_chunk<V>(args.saved + start, k * V, length, aligned, seed, offset, r, y);
       }
@@ -149,8 +148,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     };
     auto load_g = [&](int64_t k, acc_t (&g)[V], bool from_gs) {
       if (from_gs) {
-#pragma unroll
-        for (int i = 0; i < V; ++i) g[i] = static_cast<acc_t>(gs[i * chunks + k]);
+        smem_load_chunk<V>(gs, k, g);
       } else {
         load_chunk<V>(args.grad + start, k * V, length, aligned, g, acc_t(0));
       }
@@ -160,19 +158,17 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       acc_t y[V], g[V];
       load_y(k, y, false);
       load_g(k, g, false);
+      if (keep_y) smem_store_chunk<V>(ys, k, y);
+      if (keep_g) smem_store_chunk<V>(gs, k, g);
 #pragma unroll
-      for (int i = 0; i < V; ++i) {
-        if (ys != nullptr) ys[i * chunks + k] = y[i];
-        if (gs != nullptr) gs[i * chunks + k] = static_cast<scalar_t>(g[i]);
-        dot += g[i] * y[i];
-      }
+      for (int i = 0; i < V; ++i) dot += g[i] * y[i];
     }
     dot = block_allreduce(dot, SumOp(), acc_t(0), scratch);
     acc_t tau_sum = 0;
     for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
       acc_t y[V], g[V], out[V];
-      load_y(k, y, ys != nullptr);
-      load_g(k, g, gs != nullptr);
+      load_y(k, y, keep_y);
+      load_g(k, g, keep_g);
 #pragma unroll
       for (int i = 0; i < V; ++i) tau_sum += grad_element<kGradTau>(y[i], g[i], dot, inv_tau, out[i]);
       store_chunk<V>(args.grad_logits + start, k * V, length, aligned, out);

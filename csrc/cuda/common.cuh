@@ -148,6 +148,24 @@ __device__ __forceinline__ void store_chunk(scalar_t* __restrict__ row, int64_t 
   }
 }
 
+// A chunk kept in shared memory: chunk k at base + k (one 16- or 32-byte access per
+// chunk; a warp's consecutive chunks fill whole wavefronts, so no bank conflict beyond
+// the access's width). The index is 32-bit: a row that fits on chip has < 2^31 chunks.
+template <int V, typename T, typename U>
+__device__ __forceinline__ void smem_store_chunk(T* base, int64_t k, const U (&v)[V]) {
+  Pack<T, V> p;
+#pragma unroll
+  for (int i = 0; i < V; ++i) p.v[i] = static_cast<T>(v[i]);
+  reinterpret_cast<Pack<T, V>*>(base)[static_cast<int>(k)] = p;
+}
+
+template <int V, typename T, typename U>
+__device__ __forceinline__ void smem_load_chunk(const T* base, int64_t k, U (&v)[V]) {
+  const Pack<T, V> p = reinterpret_cast<const Pack<T, V>*>(base)[static_cast<int>(k)];
+#pragma unroll
+  for (int i = 0; i < V; ++i) v[i] = static_cast<U>(p.v[i]);
+}
+
 // x += noise for the chunk at c0 of row r (see Note [Philox counter layout]).
 template <int V, typename acc_t>
 __device__ __forceinline__ void add_noise(acc_t (&x)[V], int64_t c0, uint64_t seed, uint64_t offset,

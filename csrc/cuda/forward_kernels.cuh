@@ -110,12 +110,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       scalar_t* out = args.out + r * length;
       for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
         acc_t x[kU][V];
-        if (xs != nullptr) {
+        if (keep_x) {
 #pragma unroll
           for (int u = 0; u < kU; ++u) {
             const int64_t k = k0 + u * int64_t{blockDim.x};
-#pragma unroll
-            for (int i = 0; i < V; ++i) x[u][i] = k < chunks ? xs[i * chunks + k] : acc_t(0);
+            if (k < chunks) smem_load_chunk<V>(xs, k, x[u]);
           }
         } else {
           perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);

@@ -85,8 +85,7 @@ __device__ __forceinline__ acc_t softmax_registers(acc_t (&x)[J][V], acc_t inv_t
 }
 
 // ---- block per row: thread t holds chunks k = t, t + T, ...; `xs` (optional, shared
-// memory laid out [V][chunks] so that a warp's accesses hit distinct banks) keeps x for
-// a second pass. `scale` = exp2_scale(inv_tau).
+// memory, chunk k at xs + k * V: smem_store_chunk) keeps x for a second pass. `scale` = exp2_scale(inv_tau).
 template <int V, typename scalar_t, typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict__ row,
                                                      int64_t length, bool aligned, uint64_t seed,
@@ -104,8 +103,7 @@ __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict_
       for (int u = 0; u < U; ++u) {
         const int64_t k = k0 + u * int64_t{blockDim.x};
         if (k >= chunks) break;
-#pragma unroll
-        for (int i = 0; i < V; ++i) xs[i * chunks + k] = x[u][i];
+        smem_store_chunk<V>(xs, k, x[u]);
       }
     }
     max_sum_add_group(st, x, scale);
