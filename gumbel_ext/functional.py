@@ -78,7 +78,11 @@ def _tau_args(logits: torch.Tensor, tau: Tau, dim: int) -> Tuple[float, Optional
                 f"gumbel_ext: tau of shape {tuple(tau.shape)} must be 0-dim or broadcastable to "
                 f"the logits' shape with dim {dim} of size 1, {tuple(keep)}"
             )
-        if not _skip_value_checks() and not bool(((tau > 0) & torch.isfinite(tau)).all()):
+        # Reading the values of a device tensor would sync the device on every call: only a
+        # CPU tau is checked here. On CUDA a row whose tau entry is not finite and > 0 comes
+        # out NaN (soft output and gradients; a hard one-hot does not depend on tau), as
+        # for a NaN logit: Note [tau_rows values] in csrc/ops.cpp and csrc/cuda/rows.cuh.
+        if tau.device.type == "cpu" and not _skip_value_checks() and not bool(((tau > 0) & torch.isfinite(tau)).all()):
             raise ValueError("gumbel_ext: every entry of tau must be finite and > 0")
         acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
         return 1.0, tau.to(acc).expand(keep).contiguous()

@@ -71,9 +71,10 @@ void backward(const BackwardArgs<scalar_t>& args, const Shape& shape, const Rng&
   if (rows == 0 || length == 0) return;
   if (shape.inner > 1) {
     const dim3 block = spatial_block(shape);
+    const SpatialSmem smem = spatial_smem<scalar_t>(args.hard, shape, block, max_block_smem());
     with_grad_tau(args, [&](auto grad_tau) {
       spatial_backward_kernel<scalar_t, decltype(grad_tau)::value>
-          <<<spatial_grid(shape, block), block, 0, stream>>>(args, shape, rng);
+          <<<spatial_grid(shape, block), block, smem.bytes, stream>>>(args, shape, smem.keep_x, rng);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;

@@ -183,9 +183,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 // ------------------------------------------------------------ parallel over inner
 template <typename scalar_t, bool kGradTau>
 __global__ void __launch_bounds__(kSpatialThreads)
-    spatial_backward_kernel(BackwardArgs<scalar_t> args, Shape shape, Rng rng) {
+    spatial_backward_kernel(BackwardArgs<scalar_t> args, Shape shape, bool keep_x, Rng rng) {
+  keep_x = GUMBEL_RUNTIME(keep_x, GUMBEL_EXT_SASS_KEEP != 0 && GUMBEL_EXT_SASS_MODE != 0);
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ __align__(16) unsigned char scratch[kScratchBytes];
+  acc_t* xs = keep_x ? reinterpret_cast<acc_t*>(dynamic_smem()) : nullptr;
   uint64_t seed = 0, offset = 0;
   if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) seed_offset(rng, seed, offset);
   const int64_t length = shape.length, inner = shape.inner;
@@ -199,11 +201,13 @@ __global__ void __launch_bounds__(kSpatialThreads)
       const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
       MaxSum<acc_t> st = max_sum_identity<acc_t>();
       if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
-        st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, exp2_scale(inv_tau), scratch);
+        st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, exp2_scale(inv_tau), xs, scratch);
       }
       const SoftRow<acc_t> soft(st, exp2_scale(inv_tau));
       auto load = [&](int64_t q, acc_t (&y)[4], acc_t (&g)[4]) {
-        if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) perturbed_quad(args.saved + start, inner, q, length, seed, offset, r, y);
+        if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
+          spatial_quad_again(args.saved + start, inner, q, length, seed, offset, r, keep_x, xs, y);
+        }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int64_t c = 4 * q + j;

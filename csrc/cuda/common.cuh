@@ -462,6 +462,27 @@ inline dim3 spatial_grid(const Shape& shape, dim3 block) {
               static_cast<unsigned>(std::min(shape.outer, kMaxGridY)));
 }
 
+// What the spatial kernels keep in dynamic shared memory: x of every quad of the block's
+// columns, when the kernel needs x twice (soft forward, hard backward) and that takes at
+// most kSpatialKeepBytes -- a cap so that an SM still holds four 256-thread blocks
+// (a larger copy would leave one block per SM and too few loads in flight; such rows
+// draw their noise a second time instead). The launchers and tests/emulation/harness.cpp
+// both decide through this; the emulator passes smaller budgets to reach both paths.
+constexpr int64_t kSpatialKeepBytes = 48 * 1024;
+
+struct SpatialSmem {
+  bool keep_x;
+  size_t bytes;
+};
+
+template <typename scalar_t>
+inline SpatialSmem spatial_smem(bool needs_x_twice, const Shape& shape, dim3 block, int64_t smem_bytes) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t bytes = ceil_div(shape.length, 4) * block.x * 4 * static_cast<int64_t>(sizeof(acc_t));
+  const bool keep = needs_x_twice && bytes <= kSpatialKeepBytes && bytes + kScratchBytes <= smem_bytes;
+  return {keep, keep ? static_cast<size_t>(bytes) : 0};
+}
+
 // The most shared memory (static + dynamic) a block of the current device may opt in to.
 inline int max_block_smem() {
   static std::atomic<int> cache[C10_COMPILE_TIME_MAX_GPUS] = {};

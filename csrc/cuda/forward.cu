@@ -63,7 +63,9 @@ void forward(const ForwardArgs<scalar_t>& args, const Shape& shape, const Rng& r
   if (rows == 0 || length == 0) return;
   if (shape.inner > 1) {
     const dim3 block = spatial_block(shape);
-    spatial_forward_kernel<scalar_t><<<spatial_grid(shape, block), block, 0, stream>>>(args, shape, rng);
+    const SpatialSmem smem = spatial_smem<scalar_t>(args.mode == Mode::kSoft, shape, block, max_block_smem());
+    spatial_forward_kernel<scalar_t><<<spatial_grid(shape, block), block, smem.bytes, stream>>>(
+        args, shape, smem.keep_x, rng);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }

@@ -162,9 +162,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 // ------------------------------------------------------------ parallel over inner
 template <typename scalar_t>
 __global__ void __launch_bounds__(kSpatialThreads)
-    spatial_forward_kernel(ForwardArgs<scalar_t> args, Shape shape, Rng rng) {
+    spatial_forward_kernel(ForwardArgs<scalar_t> args, Shape shape, bool keep_x, Rng rng) {
+  keep_x = GUMBEL_RUNTIME(keep_x, GUMBEL_EXT_SASS_KEEP != 0);
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ __align__(16) unsigned char scratch[kScratchBytes];
+  acc_t* xs = keep_x ? reinterpret_cast<acc_t*>(dynamic_smem()) : nullptr;
   uint64_t seed, offset;
   seed_offset(rng, seed, offset);
   const int64_t length = shape.length, inner = shape.inner;
@@ -178,12 +180,12 @@ __global__ void __launch_bounds__(kSpatialThreads)
       const scalar_t* row = args.logits + (valid ? start : 0);
       if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
         const acc_t scale = exp2_scale(valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1));
-        const SoftRow<acc_t> soft(spatial_stats(row, inner, length, valid, seed, offset, r, scale, scratch), scale);
+        const SoftRow<acc_t> soft(spatial_stats(row, inner, length, valid, seed, offset, r, scale, xs, scratch), scale);
         if (!valid) continue;
         scalar_t* out = args.out + start;
         for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
           acc_t x[4];
-          perturbed_quad(row, inner, q, length, seed, offset, r, x);
+          spatial_quad_again(row, inner, q, length, seed, offset, r, keep_x, xs, x);
 #pragma unroll
           for (int j = 0; j < 4; ++j)
             if (4 * q + j < length) out[(4 * q + j) * inner] = static_cast<scalar_t>(soft(x[j]));

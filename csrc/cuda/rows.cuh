@@ -127,21 +127,38 @@ __device__ __forceinline__ void perturbed_quad(const scalar_t* __restrict__ row,
   }
 }
 
+// `xs` (optional: dynamic shared memory sized by spatial_smem) keeps x for the second
+// pass, quad q of the block's column tx at chunk q * blockDim.x + tx, so that pass draws
+// no noise again.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> spatial_stats(const scalar_t* __restrict__ row,
                                                        int64_t inner, int64_t length, bool valid,
                                                        uint64_t seed, uint64_t offset, uint64_t r,
-                                                       acc_t scale, void* scratch) {
+                                                       acc_t scale, acc_t* xs, void* scratch) {
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
   if (valid) {
     const int64_t quads = ceil_div(length, 4);
     for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
       acc_t x[1][4];
       perturbed_quad(row, inner, q, length, seed, offset, r, x[0]);
+      if (xs != nullptr) smem_store_chunk<4>(xs, q * blockDim.x + threadIdx.x, x[0]);
       max_sum_add_group(st, x, scale);
     }
   }
   return column_allreduce(st, MaxSumExp2Op<acc_t>{scale}, scratch);
+}
+
+// x of quad q in the second pass: from xs when spatial_stats kept it, else drawn again.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void spatial_quad_again(const scalar_t* __restrict__ row, int64_t inner,
+                                                   int64_t q, int64_t length, uint64_t seed,
+                                                   uint64_t offset, uint64_t r, bool keep_x,
+                                                   const acc_t* xs, acc_t (&x)[4]) {
+  if (keep_x) {
+    smem_load_chunk<4>(xs, q * blockDim.x + threadIdx.x, x);
+  } else {
+    perturbed_quad(row, inner, q, length, seed, offset, r, x);
+  }
 }
 
 }  // namespace cuda

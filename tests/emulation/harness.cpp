@@ -85,7 +85,8 @@ int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int 
       dim3 grid = spatial_grid(shape, block);
       grid.x = capped(grid.x, grid_cap);
       grid.y = capped(grid.y, grid_cap);
-      simt::launch(spatial_forward_kernel<scalar_t>, grid, block, 0, args, shape, r);
+      const SpatialSmem smem = spatial_smem<scalar_t>(args.mode == Mode::kSoft, shape, block, smem_budget);
+      simt::launch(spatial_forward_kernel<scalar_t>, grid, block, smem.bytes, args, shape, smem.keep_x, r);
       return;
     }
     const bool aligned = length % V == 0 && aligned16(args.logits) && aligned16(args.out);
@@ -135,7 +136,8 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
       dim3 grid = spatial_grid(shape, block);
       grid.x = capped(grid.x, grid_cap);
       grid.y = capped(grid.y, grid_cap);
-      simt::launch(spatial_backward_kernel<scalar_t, kGradTau>, grid, block, 0, args, shape, r);
+      const SpatialSmem smem = spatial_smem<scalar_t>(args.hard, shape, block, smem_budget);
+      simt::launch(spatial_backward_kernel<scalar_t, kGradTau>, grid, block, smem.bytes, args, shape, smem.keep_x, r);
       return;
     }
     const bool aligned = length % V == 0 && aligned16(args.grad) && aligned16(args.saved) &&
