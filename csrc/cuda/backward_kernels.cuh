@@ -181,8 +181,15 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 }
 
 // ------------------------------------------------------------ parallel over inner
+// fp64 asks for one block per SM: left to its default, ptxas held the fp64 kernel that
+// takes the tau gradient (a double log and exp2 per element) to 80 registers and spilled.
+template <typename scalar_t>
+constexpr int spatial_backward_min_blocks() {
+  return std::is_same_v<scalar_t, double> ? 1 : 0;
+}
+
 template <typename scalar_t, bool kGradTau>
-__global__ void __launch_bounds__(kSpatialThreads)
+__global__ void __launch_bounds__(kSpatialThreads, spatial_backward_min_blocks<scalar_t>())
     spatial_backward_kernel(BackwardArgs<scalar_t> args, Shape shape, bool keep_x, Rng rng) {
   keep_x = GUMBEL_RUNTIME(keep_x, GUMBEL_EXT_SASS_KEEP != 0 && GUMBEL_EXT_SASS_MODE != 0);
   using acc_t = at::opmath_type<scalar_t>;

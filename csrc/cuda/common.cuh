@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 
 #include "../gumbel_noise.h"
 #include "kernels.h"
@@ -314,6 +315,25 @@ __device__ __forceinline__ void max_sum_add_group(MaxSum<acc_t>& st, const acc_t
 #pragma unroll
     for (int i = 0; i < V; ++i) s += acc_exp2((x[u][i] - ref) * scale);
   st.s += s;
+}
+
+// What the stats loops call: float rows fold whole groups; double rows one value at a
+// time, because a group's interleaved double exp2s (each an inlined polynomial with
+// register-held constants) spilled the fp64 backward kernels. fp64 is not a speed
+// target; forward and backward both come here, so their sums stay bit-identical.
+template <int U, int V, typename acc_t>
+__device__ __forceinline__ void max_sum_add_chunks(MaxSum<acc_t>& st, const acc_t (&x)[U][V], acc_t scale) {
+  if constexpr (sizeof(acc_t) > 4) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const acc_t one[1][1] = {{x[u][i]}};
+        max_sum_add_group(st, one, scale);
+      }
+  } else {
+    max_sum_add_group(st, x, scale);
+  }
 }
 
 // Combines two threads' (m, s) of max_sum_add_group; s of an empty side (m = -inf) is 0

@@ -9,10 +9,20 @@ namespace gumbel_ext {
 namespace cuda {
 
 
-template <typename acc_t, int V>
-__device__ __forceinline__ void one_hot_chunk(int64_t c0, int64_t arg, bool finite, acc_t (&v)[V]) {
+// The one-hot of column `arg`, or NaN everywhere when the row's max is not finite: the
+// two values are picked once per row, so an element costs one compare and one select
+// (index_t: int where the row length fits, so the compare is 32-bit).
+template <typename acc_t>
+struct OneHot {
+  acc_t hit, miss;
+  __device__ __forceinline__ explicit OneHot(bool finite)
+      : hit(finite ? acc_t(1) : quiet_nan<acc_t>()), miss(finite ? acc_t(0) : quiet_nan<acc_t>()) {}
+};
+
+template <typename acc_t, int V, typename index_t>
+__device__ __forceinline__ void one_hot_chunk(index_t c0, index_t arg, const OneHot<acc_t>& oh, acc_t (&v)[V]) {
 #pragma unroll
-  for (int i = 0; i < V; ++i) v[i] = finite ? acc_t(c0 + i == arg ? 1 : 0) : quiet_nan<acc_t>();
+  for (int i = 0; i < V; ++i) v[i] = c0 + i == arg ? oh.hit : oh.miss;
 }
 
 // ------------------------------------------------------------------- warp per row
@@ -75,14 +85,15 @@ __global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
       if (lw == 0) args.indices[r] = best.i;
       continue;
     }
-    const bool finite = is_finite(best.v);
+    const OneHot<acc_t> one_hot(is_finite(best.v));
+    const int arg = static_cast<int>(best.i);  // < length <= kMaxWarpRow
     scalar_t* out = args.out + r * length;
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int c0 = (j * W + lw) * V;
       if (c0 >= length) continue;
       acc_t y[V];
-      one_hot_chunk(c0, best.i, finite, y);
+      one_hot_chunk(c0, arg, one_hot, y);
       store_chunk<V>(out, c0, length, aligned, y);
     }
   }
@@ -149,11 +160,11 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       if (threadIdx.x == 0) args.indices[r] = best.i;
       continue;
     }
-    const bool finite = is_finite(best.v);
+    const OneHot<acc_t> one_hot(is_finite(best.v));
     scalar_t* out = args.out + r * length;
     for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
       acc_t y[V];
-      one_hot_chunk(k * V, best.i, finite, y);
+      one_hot_chunk(k * V, best.i, one_hot, y);
       store_chunk<V>(out, k * V, length, aligned, y);
     }
   }

@@ -106,7 +106,7 @@ __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict_
         smem_store_chunk<V>(xs, k, x[u]);
       }
     }
-    max_sum_add_group(st, x, scale);
+    max_sum_add_chunks(st, x, scale);
   }
   return block_allreduce(st, MaxSumExp2Op<acc_t>{scale}, max_sum_identity<acc_t>(), scratch);
 }
@@ -142,7 +142,7 @@ __device__ __forceinline__ MaxSum<acc_t> spatial_stats(const scalar_t* __restric
       acc_t x[1][4];
       perturbed_quad(row, inner, q, length, seed, offset, r, x[0]);
       if (xs != nullptr) smem_store_chunk<4>(xs, q * blockDim.x + threadIdx.x, x[0]);
-      max_sum_add_group(st, x, scale);
+      max_sum_add_chunks(st, x, scale);
     }
   }
   return column_allreduce(st, MaxSumExp2Op<acc_t>{scale}, scratch);
