@@ -195,12 +195,13 @@ __device__ __forceinline__ void perturbed_chunk(const scalar_t* __restrict__ row
 // Chunks a block-per-row thread loads before computing any noise: enough 16-byte loads
 // in flight per SM to cover the memory latency with 1024-thread blocks.
 constexpr int kChunksInFlight = 4;
-// The block-per-row passes hold this many: half for chunks wider than 16 bytes of acc_t
-// (double, and the half types' 8-column chunks), which take twice the registers (with
-// four, those kernels spilled under the 64-register cap of 1024-thread blocks on sm_80).
+// The block-per-row passes hold this many: half for the half types' 8-column chunks,
+// which take twice the registers (with four, those kernels spilled under the 64-register
+// cap of 1024-thread blocks on sm_80), and one for fp64, whose soft pass's double exp2s
+// (inlined polynomials with their constants in registers) spilled with two.
 template <typename acc_t, int V>
 constexpr int chunks_in_flight() {
-  return sizeof(acc_t) * V > 16 ? kChunksInFlight / 2 : kChunksInFlight;
+  return sizeof(acc_t) > 4 ? 1 : sizeof(acc_t) * V > 16 ? kChunksInFlight / 2 : kChunksInFlight;
 }
 
 // perturbed_chunk for chunks k0 + u * stride, u < U (those < chunks; the others are all
