@@ -184,8 +184,8 @@ struct Selected {
 // See Note [Radix select]. elem(c, key, weight) -> false for a column that does not take
 // part. Every thread of the block must call it.
 template <typename key_t, typename Elem>
-__device__ Selected<key_t> block_select(int64_t length, unsigned long long need, const Elem& elem,
-                                        SelectSmem& s) {
+__device__ __forceinline__ Selected<key_t> block_select(int64_t length, unsigned long long need, const Elem& elem,
+                                                        SelectSmem& s) {
   constexpr int kBits = sizeof(key_t) * 8;
   const int lane = threadIdx.x % kWarpSize;
   key_t prefix = 0;
@@ -306,7 +306,7 @@ struct Drawn {
 // Writes the n gathered elements (n = num_samples) in the order of the draw, key
 // descending and column ascending, with their log-probs z - log_sum.
 template <typename key_t, typename acc_t>
-__device__ void write_drawn(const Drawn<acc_t>& d, int n, int64_t* idx, float* lp, double log_sum) {
+__device__ __forceinline__ void write_drawn(const Drawn<acc_t>& d, int n, int64_t* idx, float* lp, double log_sum) {
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const key_t ki = d.keys[i];
     const int64_t ci = d.cols[i];
