@@ -56,6 +56,8 @@
 namespace gumbel_ext {
 namespace cuda {
 
+// Blocks of up to 512 threads, one per SM at least: without the 1, ptxas capped the
+// float64 kernel at 64 registers and spilled.
 constexpr int kSamplerMaxThreads = 512;
 // The most num_samples the kernel gathers in shared memory; more go to the reference.
 constexpr int64_t kSamplerMaxDrawn = 1024;
@@ -118,6 +120,14 @@ __host__ __device__ __forceinline__ float sampler_exp(float x) {
   return mul_rn(p, bits_float(scale));
 }
 __host__ __device__ __forceinline__ double sampler_exp(double x) { return ::exp(x); }
+
+// Low bits of a logit's order key that block_select may skip: a half type widened to float
+// has 13 (float16) or 16 (bfloat16) zero mantissa bits (-0 and NaN are canonical), so its
+// key's low bits are all zero (values >= +0) or all ones (negative values).
+template <typename scalar_t>
+constexpr int zero_key_bits() {
+  return std::is_same_v<scalar_t, c10::BFloat16> ? 16 : std::is_same_v<scalar_t, c10::Half> ? 8 : 0;
+}
 
 template <typename acc_t>
 struct KeyOf;
@@ -182,15 +192,17 @@ struct Selected {
 };
 
 // See Note [Radix select]. elem(c, key, weight) -> false for a column that does not take
-// part. Every thread of the block must call it.
+// part. The low `low_bits` bits (a multiple of 8) of every key are all zero for values
+// >= +0 and all ones for negative ones, and take no pass: the order keys of half-type
+// logits (16 for bfloat16, 8 for float16). Every thread of the block must call it.
 template <typename key_t, typename Elem>
 __device__ __forceinline__ Selected<key_t> block_select(int64_t length, unsigned long long need, const Elem& elem,
-                                                        SelectSmem& s) {
+                                                        SelectSmem& s, int low_bits = 0) {
   constexpr int kBits = sizeof(key_t) * 8;
   const int lane = threadIdx.x % kWarpSize;
   key_t prefix = 0;
   unsigned long long above = 0, total = 0;
-  for (int shift = kBits - 8; shift >= 0; shift -= 8) {
+  for (int shift = kBits - 8; shift >= low_bits; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) s.hist[b] = 0;
     if (threadIdx.x == 0) s.found = 0;
     __syncthreads();
@@ -241,7 +253,12 @@ __device__ __forceinline__ Selected<key_t> block_select(int64_t length, unsigned
     if (!found) break;
     prefix |= digit << shift;
     above = new_above;
-    if (shift == 0) return {prefix, above, at, total, true};
+    if (shift == low_bits) {
+      // The skipped bits: zero in the keys of values >= +0, ones in those of negative
+      // values (order_key flips them).
+      if (low_bits != 0 && !(prefix >> (kBits - 1))) prefix |= (key_t(1) << low_bits) - 1;
+      return {prefix, above, at, total, true};
+    }
   }
   return {key_t(0), 0ull, 0ull, total, false};
 }
@@ -320,7 +337,7 @@ __device__ __forceinline__ void write_drawn(const Drawn<acc_t>& d, int n, int64_
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kSamplerMaxThreads)
+__global__ void __launch_bounds__(kSamplerMaxThreads, 1)
     sample_filtered_kernel(SampleFilteredArgs<scalar_t> a, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   using key_t = typename KeyOf<acc_t>::type;
@@ -372,7 +389,7 @@ __global__ void __launch_bounds__(kSamplerMaxThreads)
         k = order_key(xv(c));
         w = 1;
         return true;
-      }, sel);
+      }, sel, p.bad ? 0 : zero_key_bits<scalar_t>());
       // Ties at the boundary: the lowest columns among them.
       key_t col_t = 0;
       const bool tie_break = t.above + t.at > static_cast<unsigned long long>(ns);
@@ -411,7 +428,7 @@ __global__ void __launch_bounds__(kSamplerMaxThreads)
         k = order_key(xv(c));
         w = 1;
         return true;
-      }, sel).key;
+      }, sel, zero_key_bits<scalar_t>()).key;
     }
     const auto kept_k = [&](acc_t v) { return !p.top_k || order_key(v) >= kth; };
     // 3. top-p over the top-k survivors: the boundary e*.
