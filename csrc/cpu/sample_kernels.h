@@ -403,12 +403,13 @@ acc_t kth_largest_split(const scalar_t* x, int64_t V, int64_t k, const Segments&
 template <typename acc_t>
 acc_t top_p_threshold_split(const acc_t* e, int64_t n, double target, const Segments& sg, SamplerScratch<acc_t>& s,
                             std::vector<SamplerScratch<acc_t>>& seg) {
-  if (sg.count == 1) return top_p_threshold_hist(e, n, target, s.hist, s.values);
-  static_assert(std::is_same_v<acc_t, float>, "float64 rows are not split");
+  // float64 rows are never split (their bucket sums would round).
+  if (sg.count == 1 || !std::is_same_v<acc_t, float>) return top_p_threshold_hist(e, n, target, s.hist, s.values);
   const auto key = [](acc_t v) {
-    uint32_t b;
+    using bits_t = std::conditional_t<std::is_same_v<acc_t, float>, uint32_t, uint64_t>;
+    bits_t b;
     std::memcpy(&b, &v, sizeof(b));
-    return static_cast<int64_t>(b >> 20);
+    return static_cast<int64_t>(b >> 20);  // (float only, as top_p_threshold_hist's key)
   };
   const int64_t buckets = key(acc_t(1)) + 1;
   sg.run(n, [&](int64_t i, int64_t c0, int64_t c1) {

@@ -197,7 +197,12 @@ void test_sampler() {
   EXPECT(g_idx.equal(x.argmax(-1)));
   EXPECT(close(g_lp, x.log_softmax(-1).gather(1, g_idx.unsqueeze(1)).squeeze(1), 1e-5, 1e-5));
   EXPECT(std::get<1>(gumbel_ext::sample(x, gumbel_ext::SamplerOptions{})).numel() == 0);
-  EXPECT(std::get<0>(gumbel_ext::sample(x, o, 3)).sizes() == at::IntArrayRef({6, 3}));
+  gumbel_ext::SamplerOptions three;  // top_p would keep fewer than 3 tokens of a row
+  three.top_k = 10;
+  three.seeds = o.seeds;
+  const at::Tensor top3 = std::get<0>(gumbel_ext::sample(x, three, 3));
+  EXPECT(top3.sizes() == at::IntArrayRef({6, 3}));
+  EXPECT((x.gather(1, top3) >= kth.unsqueeze(1)).all().item<bool>());
   gumbel_ext::SamplerOptions bad;
   bad.top_p = 0.0;
   EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(x, bad), "top_p");
