@@ -256,6 +256,24 @@ def test_rows_split_across_threads_draw_the_same(filters, num_samples):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("filters", [dict(top_p=0.9), dict(min_p=0.01), dict(top_p=0.8, min_p=0.001)], ids=str)
+def test_split_rows_equal_the_reference(filters):
+    """A split row (fewer rows than threads) against the reference; 21480 columns end on
+    the last chunk of a 16-chunk block, where the float partial sums are flushed (a bug
+    once dropped that block from the top-p total)."""
+    x = torch.randn(2, 21480, generator=torch.Generator().manual_seed(2)) * 2
+    kw = dict(temperature=0.9, seeds=seeds_for(2), **filters)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        idx, lp = gumbel_ext.sample(x, return_logprobs=True, **kw)
+    finally:
+        torch.set_num_threads(before)
+    r_idx, r_lp = ref_sample(x, **kw)
+    assert torch.equal(idx, r_idx)
+    torch.testing.assert_close(lp, r_lp, atol=1e-5, rtol=0)
+
+
 def test_seeds_differ_per_row():
     # The FlashInfer bug: only seeds[0] was read. Distinct seeds give distinct draws.
     x = torch.zeros(64, 1000)

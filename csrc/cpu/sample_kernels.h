@@ -346,6 +346,9 @@ inline void noise_chunk(const NoiseStream& ns, uint64_t row_ctr, int64_t base, f
 // float64 rows stay in one segment: their bucket sums would round.
 constexpr int64_t kSumBlock = 16 * kChunk;
 inline int64_t sampler_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Whether a loop over chunks ending at column `end` flushed its partial sum at its last
+// chunk (the 16th of a block); if not, the partial of the last block is still pending.
+inline bool flushed_at(int64_t end) { return ((end - 1) / kChunk) % 16 == 15; }
 constexpr int64_t kMinSegment = 16 * kSumBlock;  // columns worth a task of their own
 
 struct Segments {
@@ -531,7 +534,7 @@ void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, Samp
         }
         if ((c / kChunk) % 16 == 15) blocks[c / kSumBlock] = reduce_sum(part), part = aVec(0);
       }
-      if (c1 % kSumBlock != 0) blocks[(c1 - 1) / kSumBlock] = reduce_sum(part);
+      if (!flushed_at(c1)) blocks[(c1 - 1) / kSumBlock] = reduce_sum(part);
     });
     const double target = p.top_p * sum_blocks(blocks);
     e_min = std::max(e_min, top_p_threshold_split(s.e.data(), V, target, sg, s, seg));
@@ -584,7 +587,7 @@ void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, Samp
       }
       if ((c / kChunk) % 16 == 15) blocks[c / kSumBlock] = reduce_sum(sum), sum = aVec(0);
     }
-    if (c1 % kSumBlock != 0) blocks[(c1 - 1) / kSumBlock] = reduce_sum(sum);
+    if (!flushed_at(c1)) blocks[(c1 - 1) / kSumBlock] = reduce_sum(sum);
     if (many) return;
     __at_align__ acc_t value[T::A];
     __at_align__ idx_t index[T::A];
