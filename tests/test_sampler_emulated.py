@@ -322,10 +322,14 @@ def test_bad_rows_are_defined(emu):
     idx, _ = emulated(emu, x, 3, seeds=seeds_for(4))
     assert idx[2].tolist() == [0, 1, 2] and idx[0, 0] == 9 and idx[1, 0] == 17
     y = logits(3, 64, seed=13)
-    idx, _ = emulated(emu, y, seeds=seeds_for(3), temperature=torch.tensor([-1.0, float("nan"), 1.0]),
+    y[2, :10] = -float("inf")
+    idx, _ = emulated(emu, y, seeds=seeds_for(3), temperature=torch.tensor([-1.0, float("nan"), float("inf")]),
                       top_p=torch.tensor([0.0, 2.0, float("nan")]), min_p=torch.tensor([-1.0, 5.0, float("nan")]),
                       top_k=torch.tensor([-3, 0, 70]))
-    assert idx[:2].tolist() == y[:2].argmax(-1).tolist() and 0 <= idx[2] < 64
+    assert idx.tolist() == y.argmax(-1).tolist()
+    idx, _ = emulated(emu, y, seeds=seeds_for(3), top_p=torch.tensor([0.0, 2.0, float("nan")]),
+                      min_p=torch.tensor([-1.0, 5.0, float("nan")]), top_k=torch.tensor([-3, 0, 70]))
+    assert 0 <= idx.min() and idx.max() < 64 and idx[0] == y[0].argmax()  # top_p <= 0 keeps the top token
 
 
 def test_grid_stride_rows(emu):

@@ -45,8 +45,8 @@
 // The CPU raises for a row holding NaN or +inf, for a row of only -inf, and for bad
 // per-row filter values. Raising from the device needs a host sync (no CUDA graphs), so
 // here such a row is drawn greedily with NaN ranked above +inf (torch.argmax's order),
-// and its log-probs are NaN; per-row values out of range are clamped: temperature NaN or
-// < 0 is greedy, top_k < 0 is off, top_p NaN or >= 1 is off and <= 0 keeps the top
+// and its log-probs are NaN; per-row values out of range are clamped: temperature NaN,
+// < 0 or +inf is greedy, top_k < 0 is off, top_p NaN or >= 1 is off and <= 0 keeps the top
 // token, min_p NaN or < 0 is 0 and > 1 is 1. A row that keeps fewer tokens than
 // num_samples fills the rest with removed tokens, lowest index first, log-prob -inf.
 #pragma once
@@ -286,7 +286,7 @@ __device__ __forceinline__ RowParams<at::opmath_type<scalar_t>> row_params(const
   // Out-of-range values: Note [CUDA sampler bad rows].
   if (!(mp >= 0)) mp = 0;
   if (mp > 1) mp = 1;
-  p.greedy = !(T > 0);
+  p.greedy = !(T > 0 && T < static_cast<double>(INFINITY));
   p.temperature = static_cast<acc_t>(T);
   p.k = k;
   p.top_k = k > 0 && k < a.length;
