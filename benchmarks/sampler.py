@@ -25,6 +25,10 @@ from .measure import first_call_seconds, measure
 
 SHAPES = {"lm-128k": (64, 128256), "lm-32k": (1024, 32000)}
 QUICK_SHAPES = {"tiny": (8, 4000)}
+# Decode batches: fewer rows than threads, so each row is split across the threads (Note
+# [One row across threads] in csrc/cpu/sample_kernels.h). --decode times them with all
+# threads and with one (what such a row got before the split), in the same run.
+DECODE_SHAPES = {"decode-1": (1, 128256), "decode-4": (4, 128256)}
 TEMPERATURE, TOP_K, TOP_P, MIN_P = 0.7, 50, 0.9, 0.05
 
 
@@ -69,6 +73,39 @@ def run(shapes, scale: float, min_run_time: float):
     return results
 
 
+def run_decode(scale: float, min_run_time: float):
+    results = []
+    threads = torch.get_num_threads()
+    for name, shape in DECODE_SHAPES.items():
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * scale
+        row = {"workload": name, "shape": list(shape), "scale": scale, "threads": threads, "ms": {}, "ms_1thread": {}}
+        for label, fn in variants(x).items():
+            if label.startswith("peer"):
+                continue
+            for key, n in (("ms", threads), ("ms_1thread", 1)):
+                torch.set_num_threads(n)
+                try:
+                    estimate = first_call_seconds(fn, x.device)
+                    row[key][label] = measure(fn, estimate=estimate, min_run_time=min_run_time, min_runs=3).median * 1e3
+                finally:
+                    torch.set_num_threads(threads)
+        results.append(row)
+    return results
+
+
+def decode_table(results) -> str:
+    lines = []
+    for row in results:
+        lines += [f"### {row['workload']} {row['shape'][0]}x{row['shape'][1]}, logits N(0,1) x {row['scale']}", "",
+                  f"| variant | ms, {row['threads']} threads (row split) | ms, 1 thread | speedup |",
+                  "|---|---:|---:|---:|"]
+        for k, v in row["ms"].items():
+            one = row["ms_1thread"][k]
+            lines.append(f"| {k} | {v:.3f} | {one:.3f} | {one / v:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def table(results) -> str:
     lines = []
     for row in results:
@@ -89,7 +126,19 @@ def main(argv=None) -> None:
     p.add_argument("--scale", type=float, nargs="+", default=[1.0, 4.0], help="logit scales (default 1 4)")
     p.add_argument("--min-run-time", type=float, default=0.3)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--decode", action="store_true",
+                   help="only the decode shapes 1x128256 and 4x128256, with all threads and with one")
     args = p.parse_args(argv)
+    if args.decode:
+        results = [r for scale in args.scale for r in run_decode(scale, args.min_run_time)]
+        text = (f"# Token sampler, CPU decode shapes ({platform.processor() or platform.machine()}, "
+                f"torch {torch.__version__})\n\nT={TEMPERATURE}; rows split across threads vs one thread, "
+                "same run, medians.\n\n" + decode_table(results))
+        print(text)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cpu-sampler-decode.md").write_text(text)
+        (args.out / "cpu-sampler-decode.json").write_text(json.dumps(results, indent=1))
+        return
     shapes = QUICK_SHAPES if args.quick else SHAPES
     results = [r for scale in args.scale for r in run(shapes, scale, 0.02 if args.quick else args.min_run_time)]
     header = (f"# Token sampler, CPU ({platform.processor() or platform.machine()}, "

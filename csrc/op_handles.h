@@ -26,6 +26,12 @@ using NoiseFn = at::Tensor(const at::Tensor&, int64_t, const at::Tensor&);
 using SampleFn = at::Tensor(const at::Tensor&, int64_t, int64_t, std::optional<at::Generator>,
                             const std::optional<at::Tensor>&);
 
+using SampleFilteredFn = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, int64_t, int64_t, double, const std::optional<at::Tensor>&, int64_t,
+    const std::optional<at::Tensor>&, double, const std::optional<at::Tensor>&, double,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool,
+    std::optional<at::Generator>);
+
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> find(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
@@ -53,6 +59,11 @@ inline const c10::TypedOperatorHandle<NoiseFn>& noise() {
 
 inline const c10::TypedOperatorHandle<SampleFn>& sample() {
   static const auto op = find<SampleFn>("gumbel_ext::sample");
+  return op;
+}
+
+inline const c10::TypedOperatorHandle<SampleFilteredFn>& sample_filtered() {
+  static const auto op = find<SampleFilteredFn>("gumbel_ext::sample_filtered");
   return op;
 }
 

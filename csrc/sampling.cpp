@@ -17,31 +17,10 @@
 
 #include "cpu/kernels.h"
 #include "op_common.h"
+#include "sample_args.h"
 
 namespace gumbel_ext {
 namespace {
-
-const double* rows_f64(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& logits,
-                       int64_t rows) {
-  if (!t.has_value()) return nullptr;
-  TORCH_CHECK_VALUE(t->scalar_type() == at::kDouble && t->numel() == rows && t->is_contiguous() &&
-                        t->device() == logits.device(),
-                    "gumbel_ext.sample: ", name, " must be a contiguous float64 tensor with one value per row (",
-                    rows, ") on ", logits.device(), ", got ", t->scalar_type(), " of shape ", t->sizes(), " on ",
-                    t->device());
-  return t->const_data_ptr<double>();
-}
-
-const int64_t* rows_i64(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& logits,
-                        int64_t rows) {
-  if (!t.has_value()) return nullptr;
-  TORCH_CHECK_VALUE(t->scalar_type() == at::kLong && t->numel() == rows && t->is_contiguous() &&
-                        t->device() == logits.device(),
-                    "gumbel_ext.sample: ", name, " must be a contiguous int64 tensor with one value per row (",
-                    rows, ") on ", logits.device(), ", got ", t->scalar_type(), " of shape ", t->sizes(), " on ",
-                    t->device());
-  return t->const_data_ptr<int64_t>();
-}
 
 std::tuple<at::Tensor, at::Tensor> sample_filtered_cpu(
     const at::Tensor& logits, int64_t num_samples, int64_t dim, double temperature,
@@ -49,13 +28,7 @@ std::tuple<at::Tensor, at::Tensor> sample_filtered_cpu(
     double top_p, const std::optional<at::Tensor>& top_p_rows, double min_p,
     const std::optional<at::Tensor>& min_p_rows, const std::optional<at::Tensor>& seeds,
     const std::optional<at::Tensor>& offsets, bool return_logprobs, std::optional<at::Generator> generator) {
-  check_logits(logits);
-  check_dim(logits, dim);
-  check_generator_device(generator, logits);
-  TORCH_CHECK_VALUE(seeds.has_value() == offsets.has_value(),
-                    "gumbel_ext.sample: seeds and offsets go together (the wrapper defaults offsets to 0)");
-  TORCH_CHECK_VALUE(!(seeds.has_value() && generator.has_value() && generator->defined()),
-                    "gumbel_ext.sample: pass seeds/offsets or a generator, not both");
+  check_sampler_args(logits, dim, seeds, offsets, generator);
   const RowLayout layout = row_layout(logits, dim);
   const auto shape = sample_shape(logits, dim, num_samples);
   const auto lp_options = logits.options().dtype(at::kFloat);
@@ -73,12 +46,12 @@ std::tuple<at::Tensor, at::Tensor> sample_filtered_cpu(
   a.top_k = top_k;
   a.top_p = top_p;
   a.min_p = min_p;
-  a.temperature_rows = rows_f64(temperature_rows, "temperature", logits, a.rows);
-  a.top_p_rows = rows_f64(top_p_rows, "top_p", logits, a.rows);
-  a.min_p_rows = rows_f64(min_p_rows, "min_p", logits, a.rows);
-  a.top_k_rows = rows_i64(top_k_rows, "top_k", logits, a.rows);
-  a.seeds = rows_i64(seeds, "seeds", logits, a.rows);
-  a.offsets = rows_i64(offsets, "offsets", logits, a.rows);
+  a.temperature_rows = sampler_rows_f64(temperature_rows, "temperature", logits, a.rows);
+  a.top_p_rows = sampler_rows_f64(top_p_rows, "top_p", logits, a.rows);
+  a.min_p_rows = sampler_rows_f64(min_p_rows, "min_p", logits, a.rows);
+  a.top_k_rows = sampler_rows_i64(top_k_rows, "top_k", logits, a.rows);
+  a.seeds = sampler_rows_i64(seeds, "seeds", logits, a.rows);
+  a.offsets = sampler_rows_i64(offsets, "offsets", logits, a.rows);
   if (!a.seeds) {
     // One fresh key from the generator, as sample() draws it (csrc/ops.cpp).
     auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
@@ -86,10 +59,7 @@ std::tuple<at::Tensor, at::Tensor> sample_filtered_cpu(
     a.seed = gen->random64();
   }
   // Rows along the last dim, contiguous: the kernel walks rows only.
-  const at::Tensor rows = logits.dim() == 0 ? logits.reshape({1, 1})
-                                            : logits.movedim(c10::maybe_wrap_dim(dim, logits.dim()), -1)
-                                                  .contiguous()
-                                                  .view({a.rows, a.length});
+  const at::Tensor rows = sampler_rows(logits, dim, layout);
   at::Tensor idx = at::empty({a.rows, num_samples}, logits.options().dtype(at::kLong));
   at::Tensor lp = return_logprobs ? at::empty({a.rows, num_samples}, lp_options) : at::empty({0}, lp_options);
   cpu::sample_filtered(a, rows.const_data_ptr(), idx.mutable_data_ptr<int64_t>(),

@@ -26,15 +26,16 @@ def keyed_noise(keys: torch.Tensor, offsets: torch.Tensor, row_ctr: torch.Tensor
 
 def row_keys(
     rows: int, device: torch.device, seeds: Optional[torch.Tensor], offsets: Optional[torch.Tensor],
-    generator: Optional[torch.Generator] = None,
+    generator: Optional[torch.Generator] = None, length: int = 1,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(keys, offsets, row counters) per row: the caller's seeds with counter row 0, or one
-    generator seed for all rows with counter row r."""
+    """(keys, offsets, row counters) per row: the caller's seeds with counter row 0, or the
+    (seed, offset) the fused op takes from the generator for rows of ``length`` (offset 0
+    on the CPU, the reserved Philox offset on CUDA) for all rows with counter row r."""
     if seeds is not None:
         zeros = torch.zeros(rows, dtype=torch.int64, device=device)
         return seeds.reshape(rows), offsets.reshape(rows), zeros
-    seed = draw_rng_state(device, generator)[0]
-    return seed.expand(rows), torch.zeros(rows, dtype=torch.int64, device=device), torch.arange(rows, device=device)
+    seed, offset = draw_rng_state(device, generator, length)
+    return seed.expand(rows), offset.expand(rows), torch.arange(rows, device=device)
 
 
 def _per_row(value, rows_tensor: Optional[torch.Tensor], rows: int, dtype, device) -> torch.Tensor:
@@ -105,7 +106,7 @@ def _sample_rows(x, ns, temperature, temperature_rows, top_k, top_k_rows, top_p,
     e_p = torch.where(p < 1, e_sorted.gather(-1, n), torch.zeros_like(p))
     keep &= ek >= e_p
     keep &= e >= m
-    g = keyed_noise(*row_keys(R, dev, seeds, offsets, generator), V).to(acc)
+    g = keyed_noise(*row_keys(R, dev, seeds, offsets, generator, V), V).to(acc)
     key = torch.where(keep, z + g, torch.full_like(z, float("-inf")))
     key = torch.where(greedy, x, key)
     # A stable descending sort gives ties to the lowest index, as the kernel does.

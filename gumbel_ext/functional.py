@@ -311,9 +311,13 @@ def sample(
     The sampler arguments are applied in the order temperature, top-k, top-p, min-p, as
     written out in Note [Sampler semantics] (csrc/cpu/sample_kernels.h). With their
     defaults, the call is today's Gumbel-max op, bit for bit. Otherwise it runs the op
-    ``gumbel_ext::sample_filtered`` (fused on the CPU; elsewhere the reference in torch
-    ops, without host syncs on CUDA, where per-row values are not checked either). On the
-    CPU a row that keeps fewer tokens than ``num_samples`` raises ``ValueError``.
+    ``gumbel_ext::sample_filtered``, fused on the CPU and on CUDA (same indices for the
+    same seeds; ``num_samples > 1024`` on CUDA and other devices run the reference in
+    torch ops). On the CPU a row that keeps fewer tokens than ``num_samples`` raises
+    ``ValueError``. CUDA reads per-row values on the device (no host sync, CUDA-graph
+    safe) without checking them: out-of-range values are clamped, a bad row is drawn
+    greedily with NaN log-probs, and a row keeping fewer than ``num_samples`` tokens is
+    filled with removed ones at log-prob -inf (Note [CUDA sampler bad rows]).
 
     Examples
     --------

@@ -16,6 +16,7 @@ from . import _keyed_noise, _ops, reference
 Scalar = Union[int, float, torch.Tensor, None]
 
 _OP = "gumbel_ext::sample_filtered"
+_CUDA_MAX_DRAWN = 1024  # kSamplerMaxDrawn in csrc/cuda/sample_filtered_kernels.cuh
 
 
 def _fused_device_types() -> frozenset:
@@ -136,7 +137,8 @@ def sample_filtered(
             raise ValueError("gumbel_ext.sample: every entry of offsets must be >= 0")
     args = (logits.detach(), num_samples, dim, temp, temp_rows, k, k_rows, p, p_rows, m, m_rows, seeds, offsets,
             return_logprobs)
-    if logits.device.type in FUSED_DEVICE_TYPES:
+    # The CUDA kernel gathers the draws of a row on chip: at most _CUDA_MAX_DRAWN of them.
+    if logits.device.type in FUSED_DEVICE_TYPES and (logits.device.type != "cuda" or num_samples <= _CUDA_MAX_DRAWN):
         idx, lp = torch.ops.gumbel_ext.sample_filtered(*args, generator)
     else:
         idx, lp = reference.sample_filtered(*args, generator)

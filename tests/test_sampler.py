@@ -230,6 +230,50 @@ def test_row_alone_equals_row_in_any_batch(filters):
         assert gumbel_ext.sample(x, seeds=s, offsets=o, **filters)[at] == alone[0]
 
 
+@pytest.mark.parametrize("filters", [dict(), dict(temperature=0.7), dict(top_k=50), dict(top_p=0.9),
+                                     dict(min_p=0.05), dict(top_k=50, top_p=0.9, temperature=0.8),
+                                     dict(top_p=0.6, min_p=0.01, temperature=1.3)], ids=str)
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_rows_split_across_threads_draw_the_same(filters, num_samples):
+    """Fewer rows than threads: a row is cut across the threads (Note [One row across
+    threads] in csrc/cpu/sample_kernels.h). Indices and log-probs equal the one-thread
+    ones bit for bit, for 1 and 3 rows (decode shapes) and ties (integer logits)."""
+    g = torch.Generator().manual_seed(1)
+    cases = [torch.randn(1, 128256, generator=g) * 3, torch.randn(3, 40000, generator=g) * 2,
+             torch.randint(-4, 4, (2, 70000), generator=g).float(),
+             (torch.randn(1, 50000, generator=g) * 2).to(torch.bfloat16)]
+    before = torch.get_num_threads()
+    try:
+        for x in cases:
+            kw = dict(seeds=seeds_for(x.shape[0]), return_logprobs=True, num_samples=num_samples, **filters)
+            torch.set_num_threads(1)
+            one = gumbel_ext.sample(x, **kw)
+            for threads in (3, 8):
+                torch.set_num_threads(threads)
+                many = gumbel_ext.sample(x, **kw)
+                assert torch.equal(many[0], one[0]) and torch.equal(many[1], one[1]), (threads, x.shape)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("filters", [dict(top_p=0.9), dict(min_p=0.01), dict(top_p=0.8, min_p=0.001)], ids=str)
+def test_split_rows_equal_the_reference(filters):
+    """A split row (fewer rows than threads) against the reference; 21480 columns end on
+    the last chunk of a 16-chunk block, where the float partial sums are flushed (a bug
+    once dropped that block from the top-p total)."""
+    x = torch.randn(2, 21480, generator=torch.Generator().manual_seed(2)) * 2
+    kw = dict(temperature=0.9, seeds=seeds_for(2), **filters)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        idx, lp = gumbel_ext.sample(x, return_logprobs=True, **kw)
+    finally:
+        torch.set_num_threads(before)
+    r_idx, r_lp = ref_sample(x, **kw)
+    assert torch.equal(idx, r_idx)
+    torch.testing.assert_close(lp, r_lp, atol=1e-5, rtol=0)
+
+
 def test_seeds_differ_per_row():
     # The FlashInfer bug: only seeds[0] was read. Distinct seeds give distinct draws.
     x = torch.zeros(64, 1000)

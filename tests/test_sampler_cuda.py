@@ -1,8 +1,10 @@
 """The token sampler on CUDA (tests/test_sampler.py's checks, for when a GPU is there).
-CUDA has no fused sampler kernel yet: sample(..., top_k=..., seeds=...) runs the reference
-in torch ops on the device. These tests pin what that path promises: the CPU kernel's
-draws for the same seeds, batch invariance, no host synchronization (CUDA-graph safe),
-the filtered distribution, torch.compile. Without a GPU every test here skips."""
+sample(..., top_k=..., seeds=...) runs the fused kernel of
+csrc/cuda/sample_filtered_kernels.cuh (tests/test_sampler_emulated.py runs the same code
+on the CPU through the SIMT emulator). These tests pin what it promises: the CPU kernel's
+draws for the same seeds (torch.equal on indices: its exp is the CPU AVX copies', Note
+[CUDA sampler exp]), batch invariance, no host synchronization (CUDA-graph safe), the
+filtered distribution, torch.compile. Without a GPU every test here skips."""
 
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ def test_cuda_equals_cpu_kernel(case, dtype):
     s, o = seeds_for(64), torch.arange(64) * 32000
     idx, lp = gumbel_ext.sample(x, seeds=s, offsets=o, return_logprobs=True, **case)
     c_idx, c_lp = gumbel_ext.sample(x.cuda(), seeds=s.cuda(), offsets=o.cuda(), return_logprobs=True, **case)
-    # The exp of the two devices may differ by an ulp: a token exactly at a filter's
-    # boundary could flip, which random logits make vanishingly rare.
+    # Same noise, same exp bits (the CPU's AVX copies): the same kept sets and draws. Only
+    # top-p's mass sums are rounded differently (Note [Radix select]), which random
+    # logits never hit.
     assert torch.equal(c_idx.cpu(), idx)
     torch.testing.assert_close(c_lp.cpu(), lp, atol=1e-5, rtol=0)
 
@@ -99,3 +102,42 @@ def test_cuda_gumbel_softmax_seeds_match_cpu():
     y = gumbel_ext.gumbel_softmax(x, tau=0.5, seeds=s, offsets=o)
     y_cuda = gumbel_ext.gumbel_softmax(x.cuda(), tau=0.5, seeds=s.cuda(), offsets=o.cuda())
     torch.testing.assert_close(y_cuda.cpu(), y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("num_samples", [1, 4])
+def test_cuda_equals_cpu_kernel_mixed_rows(dtype, num_samples):
+    """Per-row values with greedy rows mixed in, -inf masks, integer logits (ties at every
+    boundary), 1x128256 and 4x128256 decode shapes."""
+    g = torch.Generator().manual_seed(0)
+    for x in (torch.randn(8, 128256, generator=g) * 2, torch.randint(-3, 4, (8, 4099), generator=g).float()):
+        x[1, ::3] = -float("inf")
+        x = x.to(dtype)
+        rows = x.shape[0]
+        T = torch.tensor([0.0, 0.7, 1.0, 0.0, 1.3, 0.9, 0.5, 1.1], dtype=torch.float64)
+        k = torch.tensor([0, 50, 20, 5, 0, 1000, 40, 8])
+        p = torch.tensor([1.0, 0.9, 0.95, 0.5, 0.99, 0.8, 1.0, 0.97], dtype=torch.float64)
+        m = torch.tensor([0.0, 0.0, 0.01, 0.0, 0.001, 0.0, 0.02, 0.0], dtype=torch.float64)
+        s, o = seeds_for(rows), torch.arange(rows) * 131072
+        kw = dict(temperature=T, top_k=k, top_p=p, min_p=m, return_logprobs=True, num_samples=num_samples)
+        idx, lp = gumbel_ext.sample(x, seeds=s, offsets=o, **kw)
+        ckw = {key: (v.cuda() if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
+        c_idx, c_lp = gumbel_ext.sample(x.cuda(), seeds=s.cuda(), offsets=o.cuda(), **ckw)
+        assert torch.equal(c_idx.cpu(), idx)
+        torch.testing.assert_close(c_lp.cpu(), lp, atol=1e-5, rtol=0)
+        for r in (1, 4):  # the decode shapes: a row alone, four rows
+            c1 = gumbel_ext.sample(x[:r].cuda(), seeds=s[:r].cuda(), offsets=o[:r].cuda(),
+                                   **{key: (v[:r] if isinstance(v, torch.Tensor) else v) for key, v in ckw.items()})
+            assert torch.equal(c1[0].cpu(), idx[:r])
+
+
+def test_cuda_generator_rows_advance():
+    """seeds=None: the generator's Philox offset moves on, so two calls differ; the same
+    generator state gives the same draws."""
+    x = torch.zeros(256, 1000, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(3)
+    a = gumbel_ext.sample(x, top_k=500, generator=g)
+    b = gumbel_ext.sample(x, top_k=500, generator=g)
+    assert not torch.equal(a, b)
+    g.manual_seed(3)
+    assert torch.equal(gumbel_ext.sample(x, top_k=500, generator=g), a)

@@ -93,23 +93,29 @@ inline SampleRow sample_row_params(const SampleArgs& a, int64_t r) {
   return p;
 }
 
-// max x over the row; raises for NaN / +inf / all -inf, as sample() does.
+// max x over columns [0, n) of x, and whether a NaN or +inf is among them.
 template <typename scalar_t, typename acc_t = typename Types<scalar_t>::acc_t>
-acc_t sampler_row_max(const scalar_t* x, int64_t V, int64_t r) {
+acc_t segment_max(const scalar_t* x, int64_t n, bool& bad) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
   aVec vmax(-kInf<acc_t>), nan(0);
-  for (int64_t c = 0; c < V; c += kChunk) {
+  for (int64_t c = 0; c < n; c += kChunk) {
     aVec v[T::kVecs];
-    load_chunk_n(x + c, V - c, scalar_t(-kInf<float>), v);
+    load_chunk_n(x + c, n - c, scalar_t(-kInf<float>), v);
     for (int k = 0; k < T::kVecs; ++k) {
       vmax = at::vec::maximum(vmax, v[k]);
       nan = nan | (v[k] != v[k]);
     }
   }
   const acc_t m = reduce_max(vmax);
-  TORCH_CHECK_VALUE(reduce_max(nan) == 0 && m == m && m != kInf<acc_t>, "gumbel_ext.sample: row ", r,
-                    " of the logits holds NaN or +inf");
+  bad = !(reduce_max(nan) == 0 && m == m && m != kInf<acc_t>);
+  return m;
+}
+
+// The row's max M, after the checks sample() makes: raises for NaN / +inf / all -inf.
+template <typename acc_t>
+acc_t checked_row_max(acc_t m, bool bad, int64_t r) {
+  TORCH_CHECK_VALUE(!bad, "gumbel_ext.sample: row ", r, " of the logits holds NaN or +inf");
   TORCH_CHECK_VALUE(std::isfinite(m), "gumbel_ext.sample: row ", r, " has no finite logit to draw from (all -inf)");
   return m;
 }
@@ -306,7 +312,7 @@ void draw_from(std::vector<Kept<acc_t>>& kept, double sum_e, int64_t ns, int64_t
   }
 }
 
-// Scratch reused across the rows of one thread.
+// Scratch reused across the rows (or the segments) of one thread.
 template <typename acc_t>
 struct SamplerScratch {
   std::vector<acc_t> values;
@@ -314,6 +320,7 @@ struct SamplerScratch {
   std::vector<acc_t> e;
   std::vector<Kept<acc_t>> kept;
   std::vector<double> hist;
+  ArgMax<acc_t> best;
 };
 
 // The noise of columns [base, base + kChunk) of a row, in column order.
@@ -323,14 +330,134 @@ inline void noise_chunk(const NoiseStream& ns, uint64_t row_ctr, int64_t base, f
   for (int k = 0; k < 4; ++k) g[k].store(out + k * kLanes);
 }
 
+// Note [One row across threads]
+// Decode batches have fewer rows than threads (1 x 128256, 4 x 128256): such a row is cut
+// into segments of whole kSumBlock-column blocks, and every pass over the row runs its
+// segments in parallel. Each result is combined so that it equals the one-segment result
+// bit for bit, so the draws do not depend on the thread count:
+//   - maxima and the argmax (lowest index on ties) are exact;
+//   - float partial sums are flushed per block of 16 chunks, as the one-segment loop does,
+//     kept per block, and added into the double total in block order;
+//   - top-k's k-th largest logit is exact: the largest of the segments' own k-th largest
+//     bounds it from below, and the values above that bound from every segment hold it;
+//   - top-p's histogram buckets each hold values of one binade with 3 leading mantissa
+//     bits fixed, whose double sums are exact in any order (fewer than 2^29 values);
+//   - survivor lists are concatenated in column order.
+// float64 rows stay in one segment: their bucket sums would round.
+constexpr int64_t kSumBlock = 16 * kChunk;
+inline int64_t sampler_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Whether a loop over chunks ending at column `end` flushed its partial sum at its last
+// chunk (the 16th of a block); if not, the partial of the last block is still pending.
+inline bool flushed_at(int64_t end) { return ((end - 1) / kChunk) % 16 == 15; }
+constexpr int64_t kMinSegment = 16 * kSumBlock;  // columns worth a task of their own
+
+struct Segments {
+  int64_t count = 1, length = 0;  // length: columns per segment, a multiple of kSumBlock
+
+  // f(segment, begin, end) for every segment, in parallel when there are several.
+  template <typename F>
+  void run(int64_t V, const F& f) const {
+    if (count == 1) return f(int64_t(0), int64_t(0), V);
+    at::parallel_for(int64_t(0), count, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) f(i, i * length, std::min(V, (i + 1) * length));
+    });
+  }
+};
+
+inline Segments segments_for(int64_t V, int64_t wanted) {
+  Segments s;
+  s.count = std::max<int64_t>(1, std::min(wanted, V / kMinSegment));
+  s.length = round_up(sampler_ceil_div(V, s.count), kSumBlock);
+  s.count = sampler_ceil_div(V, s.length);
+  return s;
+}
+
+// The double total of per-block float partial sums, in block order.
+template <typename acc_t>
+double sum_blocks(const std::vector<acc_t>& partials) {
+  double total = 0;
+  for (const acc_t p : partials) total += p;
+  return total;
+}
+
+// The k-th largest logit of the row (see Note [One row across threads]).
+template <typename scalar_t, typename acc_t>
+acc_t kth_largest_split(const scalar_t* x, int64_t V, int64_t k, const Segments& sg,
+                        std::vector<SamplerScratch<acc_t>>& seg, std::vector<acc_t>& buf) {
+  using aVec = typename Types<scalar_t>::aVec;
+  if (sg.count == 1) return kth_largest(x, V, k, buf);
+  std::vector<acc_t> bound(sg.count, -kInf<acc_t>);
+  sg.run(V, [&](int64_t i, int64_t c0, int64_t c1) {
+    if (c1 - c0 > k) bound[i] = kth_largest(x + c0, c1 - c0, k, seg[i].values);
+  });
+  const acc_t low = *std::max_element(bound.begin(), bound.end());
+  sg.run(V, [&](int64_t i, int64_t c0, int64_t c1) {
+    seg[i].values.clear();
+    for_passing(x + c0, c1 - c0, [&](const aVec& v) { return v >= aVec(low); },
+                [&](int64_t, acc_t v) { seg[i].values.push_back(v); });
+  });
+  buf.clear();
+  for (const auto& sc : seg) buf.insert(buf.end(), sc.values.begin(), sc.values.end());
+  std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), Descending());
+  return buf[k - 1];
+}
+
+// top_p_threshold_hist over segments (see Note [One row across threads]).
+template <typename acc_t>
+acc_t top_p_threshold_split(const acc_t* e, int64_t n, double target, const Segments& sg, SamplerScratch<acc_t>& s,
+                            std::vector<SamplerScratch<acc_t>>& seg) {
+  // float64 rows are never split (their bucket sums would round).
+  if (sg.count == 1 || !std::is_same_v<acc_t, float>) return top_p_threshold_hist(e, n, target, s.hist, s.values);
+  const auto key = [](acc_t v) {
+    using bits_t = std::conditional_t<std::is_same_v<acc_t, float>, uint32_t, uint64_t>;
+    bits_t b;
+    std::memcpy(&b, &v, sizeof(b));
+    return static_cast<int64_t>(b >> 20);  // (float only, as top_p_threshold_hist's key)
+  };
+  const int64_t buckets = key(acc_t(1)) + 1;
+  sg.run(n, [&](int64_t i, int64_t c0, int64_t c1) {
+    auto& h = seg[i].hist;
+    h.assign(buckets, 0.0);
+    for (int64_t j = c0; j < c1; ++j) h[key(e[j])] += e[j];
+  });
+  s.hist.assign(buckets, 0.0);
+  for (const auto& sc : seg) {
+    for (int64_t b = 0; b < buckets; ++b) s.hist[b] += sc.hist[b];  // exact: see the Note
+  }
+  double above = 0;
+  int64_t b = buckets - 1;
+  for (; b >= 0; --b) {
+    if (above + s.hist[b] >= target) break;
+    above += s.hist[b];
+  }
+  if (b < 0) return acc_t(0);  // rounding: keep everything
+  sg.run(n, [&](int64_t i, int64_t c0, int64_t c1) {
+    seg[i].values.clear();
+    for (int64_t j = c0; j < c1; ++j) {
+      if (key(e[j]) == b) seg[i].values.push_back(e[j]);
+    }
+  });
+  s.values.clear();
+  for (const auto& sc : seg) s.values.insert(s.values.end(), sc.values.begin(), sc.values.end());
+  return top_p_threshold(s.values.data(), static_cast<int64_t>(s.values.size()), target - above);
+}
+
 template <typename scalar_t, typename acc_t = typename Types<scalar_t>::acc_t>
-void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, SamplerScratch<acc_t>& s, int64_t* idx,
-                         float* lp) {
+void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, SamplerScratch<acc_t>& s,
+                         std::vector<SamplerScratch<acc_t>>& seg, const Segments& sg, int64_t* idx, float* lp) {
   using T = Types<scalar_t>;
   using aVec = typename T::aVec;
   const int64_t V = a.length, ns_out = a.num_samples;
   const SampleRow p = sample_row_params(a, r);
-  const acc_t M = sampler_row_max(x, V, r);
+  std::vector<acc_t> seg_max(sg.count);
+  std::vector<char> seg_bad(sg.count);
+  sg.run(V, [&](int64_t i, int64_t c0, int64_t c1) {
+    bool bad;
+    seg_max[i] = segment_max(x + c0, c1 - c0, bad);
+    seg_bad[i] = bad;
+  });
+  const acc_t M = checked_row_max(*std::max_element(seg_max.begin(), seg_max.end()),
+                                  std::find(seg_bad.begin(), seg_bad.end(), 1) != seg_bad.end(), r);
   if (p.temperature == 0) return greedy_row(x, V, M, ns_out, idx, lp);
   const acc_t temp = static_cast<acc_t>(p.temperature);
   const NoiseStream noise(p.key, p.offset);
@@ -340,13 +467,24 @@ void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, Samp
   double sum_e = 0;
   if (top_k) {
     // A short list of survivors: the filters and the draw work on it alone.
-    const acc_t kth = kth_largest(x, V, p.top_k, s.values);
-    s.cols.clear();
-    s.values.clear();
-    for_passing(x, V, [&](const aVec& v) { return v >= aVec(kth); }, [&](int64_t c, acc_t v) {
-      s.cols.push_back(c);
-      s.values.push_back(v);
+    const acc_t kth = kth_largest_split(x, V, p.top_k, sg, seg, s.values);
+    sg.run(V, [&](int64_t i, int64_t c0, int64_t c1) {
+      auto& sc = sg.count == 1 ? s : seg[i];
+      sc.cols.clear();
+      sc.values.clear();
+      for_passing(x + c0, c1 - c0, [&](const aVec& v) { return v >= aVec(kth); }, [&](int64_t c, acc_t v) {
+        sc.cols.push_back(c0 + c);
+        sc.values.push_back(v);
+      });
     });
+    if (sg.count > 1) {
+      s.cols.clear();
+      s.values.clear();
+      for (const auto& sc : seg) {
+        s.cols.insert(s.cols.end(), sc.cols.begin(), sc.cols.end());
+        s.values.insert(s.values.end(), sc.values.begin(), sc.values.end());
+      }
+    }
     const int64_t n = static_cast<int64_t>(s.cols.size());
     s.e.resize(round_up(n, aVec::size()));
     for (int64_t i = 0; i < n; ++i) s.e[i] = (s.values[i] - M) / temp;
@@ -374,85 +512,107 @@ void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, Samp
     }
     return draw_from(s.kept, sum_e, ns_out, r, idx, lp);
   }
-  // The whole row: e only when a filter or the logprobs need it.
+  // The whole row: e only when a filter or the logprobs need it. Float partial sums are
+  // flushed per kSumBlock columns into `blocks` (Note [One row across threads]).
+  std::vector<acc_t> blocks(sampler_ceil_div(V, kSumBlock), acc_t(0));
   acc_t e_min = min_p;
   const bool need_e = top_p || min_p > 0 || lp;
   if (top_p) {
     // e of the row, padded with zeros to whole chunks for the draw pass below.
     s.e.assign(round_up(V, kChunk), acc_t(0));
-    double total = 0;
-    aVec part(0);
-    for (int64_t c = 0; c < V; c += kChunk) {
-      aVec v[T::kVecs];
-      load_chunk_n(x + c, V - c, scalar_t(-kInf<float>), v);
-      for (int k = 0; k < T::kVecs; ++k) {
-        const int64_t col = c + k * T::A;
-        if (col >= V) break;
-        const aVec e = exp_nonpositive((v[k] - aVec(M)) / aVec(temp));
-        e.store(&s.e[col], static_cast<int>(std::min<int64_t>(T::A, V - col)));
-        part = part + e;
+    sg.run(V, [&](int64_t, int64_t c0, int64_t c1) {
+      aVec part(0);
+      for (int64_t c = c0; c < c1; c += kChunk) {
+        aVec v[T::kVecs];
+        load_chunk_n(x + c, V - c, scalar_t(-kInf<float>), v);
+        for (int k = 0; k < T::kVecs; ++k) {
+          const int64_t col = c + k * T::A;
+          if (col >= V) break;
+          const aVec e = exp_nonpositive((v[k] - aVec(M)) / aVec(temp));
+          e.store(&s.e[col], static_cast<int>(std::min<int64_t>(T::A, V - col)));
+          part = part + e;
+        }
+        if ((c / kChunk) % 16 == 15) blocks[c / kSumBlock] = reduce_sum(part), part = aVec(0);
       }
-      if ((c / kChunk) % 16 == 15) total += reduce_sum(part), part = aVec(0);
-    }
-    total += reduce_sum(part);
-    e_min = std::max(e_min, top_p_threshold_hist(s.e.data(), V, p.top_p * total, s.hist, s.values));
+      if (!flushed_at(c1)) blocks[(c1 - 1) / kSumBlock] = reduce_sum(part);
+    });
+    const double target = p.top_p * sum_blocks(blocks);
+    e_min = std::max(e_min, top_p_threshold_split(s.e.data(), V, target, sg, s, seg));
   }
   // One vectorized pass: keys of the kept tokens, their e sum, the best (or all for
   // num_samples > 1).
   const bool many = ns_out > 1;
-  aVec best(-kInf<acc_t>), best_idx(0), unused(0), sum(0);
-  using iVec = typename T::iVec;
-  using idx_t = typename T::idx_t;
-  iVec col_idx = iVec::arange(0, 1);
-  const iVec step(static_cast<idx_t>(T::A));
-  __at_align__ acc_t zs[T::A], es[T::A], keys[T::A];
-  for (int64_t c = 0; c < V; c += kChunk) {
-    aVec v[T::kVecs], g[T::kVecs];
-    fVec gf[4];
-    noise.row_block(p.row_ctr, static_cast<uint64_t>(c / 4), gf);
-    noise_to_acc(gf, 4, g);
-    load_chunk_n(x + c, V - c, scalar_t(-kInf<float>), v);
-    for (int k = 0; k < T::kVecs; ++k) {
-      const aVec z = (v[k] - aVec(M)) / aVec(temp);
-      aVec key = z + g[k];
-      if (need_e) {
-        // The stored e are the same function of the same inputs: identical bits.
-        const aVec e = top_p ? aVec::loadu(&s.e[c + k * T::A]) : exp_nonpositive(z);
-        const aVec keep = e >= aVec(e_min);
-        key = aVec::blendv(aVec(-kInf<acc_t>), key, keep);
-        sum = sum + (e & keep);
-        if (many) {
+  std::fill(blocks.begin(), blocks.end(), acc_t(0));
+  sg.run(V, [&](int64_t i, int64_t c0, int64_t c1) {
+    auto& sc = sg.count == 1 ? s : seg[i];
+    sc.kept.clear();
+    using iVec = typename T::iVec;
+    using idx_t = typename T::idx_t;
+    aVec best(-kInf<acc_t>), best_idx(0), unused(0), sum(0);
+    iVec col_idx = iVec::arange(static_cast<idx_t>(c0), 1);
+    const iVec step(static_cast<idx_t>(T::A));
+    __at_align__ acc_t zs[T::A], es[T::A], keys[T::A];
+    for (int64_t c = c0; c < c1; c += kChunk) {
+      aVec v[T::kVecs], g[T::kVecs];
+      fVec gf[4];
+      noise.row_block(p.row_ctr, static_cast<uint64_t>(c / 4), gf);
+      noise_to_acc(gf, 4, g);
+      load_chunk_n(x + c, V - c, scalar_t(-kInf<float>), v);
+      for (int k = 0; k < T::kVecs; ++k) {
+        const aVec z = (v[k] - aVec(M)) / aVec(temp);
+        aVec key = z + g[k];
+        if (need_e) {
+          // The stored e are the same function of the same inputs: identical bits.
+          const aVec e = top_p ? aVec::loadu(&s.e[c + k * T::A]) : exp_nonpositive(z);
+          const aVec keep = e >= aVec(e_min);
+          key = aVec::blendv(aVec(-kInf<acc_t>), key, keep);
+          sum = sum + (e & keep);
+          if (many) {
+            z.store(zs);
+            e.store(es);
+          }
+        } else if (many) {
           z.store(zs);
-          e.store(es);
         }
-      } else if (many) {
-        z.store(zs);
-      }
-      if (many) {
-        key.store(keys);
-        for (int i = 0; i < T::A; ++i) {
-          const int64_t col = c + k * T::A + i;
-          if (col < V && keys[i] != -kInf<acc_t>) s.kept.push_back({zs[i], need_e ? es[i] : acc_t(0), keys[i], col});
+        if (many) {
+          key.store(keys);
+          for (int j = 0; j < T::A; ++j) {
+            const int64_t col = c + k * T::A + j;
+            if (col < V && keys[j] != -kInf<acc_t>) sc.kept.push_back({zs[j], need_e ? es[j] : acc_t(0), keys[j], col});
+          }
+        } else {
+          argmax_step(key, at::vec::cast<acc_t>(col_idx), best, best_idx, unused);
         }
-      } else {
-        argmax_step(key, at::vec::cast<acc_t>(col_idx), best, best_idx, unused);
+        col_idx = col_idx + step;
       }
-      col_idx = col_idx + step;
+      if ((c / kChunk) % 16 == 15) blocks[c / kSumBlock] = reduce_sum(sum), sum = aVec(0);
     }
-    if ((c / kChunk) % 16 == 15) sum_e += reduce_sum(sum), sum = aVec(0);
+    if (!flushed_at(c1)) blocks[(c1 - 1) / kSumBlock] = reduce_sum(sum);
+    if (many) return;
+    __at_align__ acc_t value[T::A];
+    __at_align__ idx_t index[T::A];
+    best.store(value);
+    best_idx.store(index);
+    ArgMax<acc_t> am;
+    for (int j = 0; j < T::A; ++j) {
+      ArgMax<acc_t> lane;
+      lane.value = value[j];
+      lane.index = static_cast<int64_t>(index[j]);
+      am = ArgMax<acc_t>::combine(am, lane);
+    }
+    sc.best = am;
+  });
+  sum_e = sum_blocks(blocks);
+  if (many) {
+    if (sg.count > 1) {
+      for (const auto& sc : seg) s.kept.insert(s.kept.end(), sc.kept.begin(), sc.kept.end());
+    }
+    return draw_from(s.kept, sum_e, ns_out, r, idx, lp);
   }
-  sum_e += reduce_sum(sum);
-  if (many) return draw_from(s.kept, sum_e, ns_out, r, idx, lp);
-  __at_align__ acc_t value[T::A];
-  __at_align__ idx_t index[T::A];
-  best.store(value);
-  best_idx.store(index);
-  ArgMax<acc_t> am;
-  for (int i = 0; i < T::A; ++i) {
-    ArgMax<acc_t> lane;
-    lane.value = value[i];
-    lane.index = static_cast<int64_t>(index[i]);
-    am = ArgMax<acc_t>::combine(am, lane);
+  ArgMax<acc_t> am = s.best;
+  if (sg.count > 1) {
+    am = seg[0].best;
+    for (int64_t i = 1; i < sg.count; ++i) am = ArgMax<acc_t>::combine(am, seg[i].best);
   }
   idx[0] = am.index;
   if (lp) lp[0] = static_cast<float>(static_cast<double>((static_cast<acc_t>(x[am.index]) - M) / temp) - std::log(sum_e));
@@ -461,11 +621,28 @@ void sample_filtered_row(const SampleArgs& a, const scalar_t* x, int64_t r, Samp
 template <typename scalar_t>
 void sample_filtered_typed(const SampleArgs& a, const scalar_t* l, int64_t* idx, float* lp) {
   using acc_t = typename Types<scalar_t>::acc_t;
+  const int64_t threads = at::get_num_threads();
+  if (a.rows < threads && std::is_same_v<acc_t, float> && !at::in_parallel_region()) {
+    // Fewer rows than threads: one row at a time, across the threads (Note [One row
+    // across threads]).
+    const Segments sg = segments_for(a.length, threads);
+    if (sg.count > 1) {
+      SamplerScratch<acc_t> scratch;
+      std::vector<SamplerScratch<acc_t>> seg(sg.count);
+      for (int64_t r = 0; r < a.rows; ++r) {
+        sample_filtered_row(a, l + r * a.length, r, scratch, seg, sg, idx + r * a.num_samples,
+                            lp ? lp + r * a.num_samples : nullptr);
+      }
+      return;
+    }
+  }
   // Rows are heavy (a vocabulary each) and uneven (filters): one row per task.
   at::parallel_for(int64_t(0), a.rows, 1, [&](int64_t b, int64_t e) {
     SamplerScratch<acc_t> scratch;
+    std::vector<SamplerScratch<acc_t>> none;
+    const Segments one = segments_for(a.length, 1);
     for (int64_t r = b; r < e; ++r) {
-      sample_filtered_row(a, l + r * a.length, r, scratch, idx + r * a.num_samples,
+      sample_filtered_row(a, l + r * a.length, r, scratch, none, one, idx + r * a.num_samples,
                           lp ? lp + r * a.num_samples : nullptr);
     }
   });

@@ -62,9 +62,12 @@ def _merge(values: torch.Tensor, index: torch.Tensor, k: int):
 
 
 def _reference_sampler(device: torch.device, plain: bool) -> bool:
-    """Whether the unsharded call runs the torch-op reference sampler (a device without the
-    fused gumbel_ext::sample_filtered, e.g. CUDA today), whose key is (seed, 0)."""
-    return not plain and device.type != "cpu" and device.type not in sampling.FUSED_DEVICE_TYPES
+    """Whether the unsharded call runs the torch-op reference sampler with the key (seed, 0):
+    a device without the fused gumbel_ext::sample_filtered other than CUDA (on CUDA the
+    reference takes the generator's (seed, offset) and reserves 4 * ceil(V / 4) counters, as
+    the fused CUDA op does)."""
+    return (not plain and device.type not in ("cpu", "cuda")
+            and device.type not in sampling.FUSED_DEVICE_TYPES)
 
 
 def _first_failing_row(*masks: torch.Tensor) -> Optional[int]:

@@ -171,6 +171,49 @@ void test_sample() {
   EXPECT(gumbel_ext::sample(x, 3, 0).sizes() == at::IntArrayRef({3, 50}));
 }
 
+void test_sampler() {
+  const at::Tensor x = at::randn({6, 50}, seeded(16)) * 3;
+  gumbel_ext::SamplerOptions o;
+  o.temperature = 0.7;
+  o.top_k = 10;
+  o.top_p = 0.9;
+  o.seeds = at::arange(6, at::kLong) * 7919 + 13;
+  o.return_logprobs = true;
+  const auto [idx, lp] = gumbel_ext::sample(x, o);
+  EXPECT(idx.sizes() == at::IntArrayRef({6}) && lp.sizes() == at::IntArrayRef({6}));
+  EXPECT(lp.scalar_type() == at::kFloat && (lp <= 0).all().item<bool>());
+  // Inside the top 10 of each row.
+  const at::Tensor kth = std::get<0>(x.topk(10, -1)).select(1, 9);
+  EXPECT((x.gather(1, idx.unsqueeze(1)).squeeze(1) >= kth).all().item<bool>());
+  // Batch invariant: a row alone draws what it draws in the batch.
+  gumbel_ext::SamplerOptions one = o;
+  one.seeds = o.seeds->narrow(0, 2, 1);
+  EXPECT(std::get<0>(gumbel_ext::sample(x.narrow(0, 2, 1), one)).equal(idx.narrow(0, 2, 1)));
+  // Per-row temperature with greedy rows: the argmax, and log-probs at T = 1.
+  gumbel_ext::SamplerOptions greedy;
+  greedy.temperature_rows = at::zeros({6});
+  greedy.return_logprobs = true;
+  const auto [g_idx, g_lp] = gumbel_ext::sample(x, greedy);
+  EXPECT(g_idx.equal(x.argmax(-1)));
+  EXPECT(close(g_lp, x.log_softmax(-1).gather(1, g_idx.unsqueeze(1)).squeeze(1), 1e-5, 1e-5));
+  EXPECT(std::get<1>(gumbel_ext::sample(x, gumbel_ext::SamplerOptions{})).numel() == 0);
+  gumbel_ext::SamplerOptions three;  // top_p would keep fewer than 3 tokens of a row
+  three.top_k = 10;
+  three.seeds = o.seeds;
+  const at::Tensor top3 = std::get<0>(gumbel_ext::sample(x, three, 3));
+  EXPECT(top3.sizes() == at::IntArrayRef({6, 3}));
+  EXPECT((x.gather(1, top3) >= kth.unsqueeze(1)).all().item<bool>());
+  gumbel_ext::SamplerOptions bad;
+  bad.top_p = 0.0;
+  EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(x, bad), "top_p");
+  bad = {};
+  bad.offsets = at::zeros({6}, at::kLong);
+  EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(x, bad), "offsets given without seeds");
+  bad = {};
+  bad.top_k_rows = at::zeros({5}, at::kLong);
+  EXPECT_THROWS(c10::ValueError, gumbel_ext::sample(x, bad), "one value per row");
+}
+
 void test_bad_input() {
   const at::Tensor x = at::randn({4, 10});
   EXPECT_THROWS(c10::TypeError, gumbel_ext::gumbel_softmax(at::ones({4, 10}, at::kLong)),
@@ -220,6 +263,7 @@ int main() {
   test_reproducible();
   test_gradients();
   test_sample();
+  test_sampler();
   test_bad_input();
   test_cuda();
   std::cout << "test_api: " << (checks - failures) << "/" << checks << " checks passed\n";
