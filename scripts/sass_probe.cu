@@ -19,11 +19,11 @@ __global__ void noise_probe(float* out, uint64_t seed, uint64_t offset, uint64_t
 }
 
 // 4096 x 1000: 250 chunks of 4, padded to 2^8.
-template __global__ void warp_forward_kernel<float, 8>(ForwardArgs<float>, int64_t, int, bool, Rng);
-template __global__ void block_forward_kernel<float>(ForwardArgs<float>, int64_t, int64_t, bool, bool, Rng);
+template __global__ void warp_forward_kernel<float, 8>(ForwardArgs<float>, int64_t, int, Rng);
+template __global__ void block_forward_kernel<float>(ForwardArgs<float>, int64_t, int64_t, bool, Rng);
 template __global__ void spatial_forward_kernel<float>(ForwardArgs<float>, Shape, bool, Rng);
-template __global__ void warp_backward_kernel<float, 8, false>(BackwardArgs<float>, int64_t, int, bool, Rng);
-template __global__ void block_backward_kernel<float, false>(BackwardArgs<float>, int64_t, int64_t, bool, bool, bool, Rng);
+template __global__ void warp_backward_kernel<float, 8, false>(BackwardArgs<float>, int64_t, int, Rng);
+template __global__ void block_backward_kernel<float, false>(BackwardArgs<float>, int64_t, int64_t, bool, bool, Rng);
 template __global__ void spatial_backward_kernel<float, false>(BackwardArgs<float>, Shape, bool, Rng);
 
 }  // namespace cuda

@@ -119,6 +119,7 @@ class Emulator:
         lib.emu_gather.argtypes = [vp, vp, i64, i64, i64, i64]
         lib.emu_noise_at.argtypes = [ctypes.c_uint64, ctypes.c_uint64, vp, vp, i64, vp]
         lib.emu_neg_log.argtypes = [vp, vp, i64]
+        lib.emu_vector_accesses.argtypes = [vp]
 
     def forward(self, x, tau, mode, dim, state, tau_rows=None, rng_kind=0, intragraph=0,
                 smem=BIG_SMEM, grid_cap=3, out=None):
@@ -147,6 +148,12 @@ class Emulator:
                                    smem, grid_cap)
         assert rc == 0, rc
         return grad_logits, grad_tau
+
+    def vector_accesses(self):
+        """(aligned, misaligned) 16-byte accesses of the kernels since the last call."""
+        counts = torch.zeros(2, dtype=torch.int64)
+        self.lib.emu_vector_accesses(_p(counts))
+        return tuple(counts.tolist())
 
     def noise(self, shape, dim, state, grid_cap=5):
         out = torch.full(shape, math.nan, dtype=torch.float32)
@@ -373,6 +380,85 @@ def test_unaligned_pointers(emu):
                 a, _ = emu.forward(x, 0.5, mode, -1, state, out=out_base[1:].view(3, length))
                 b, _ = emu.forward(x.clone(), 0.5, mode, -1, state)
                 assert torch.equal(a, b)
+
+
+
+# ------------------------------------------------------------- per-row vector loads
+# Note [Per-row vector loads]: each row whose pointers are 16-byte aligned (every base,
+# and the row's start) loads and stores its whole chunks 16 bytes at a time and its tail
+# column by column; any other row goes column by column. A length C % 4 != 0 makes row r
+# start r * C elements in, so aligned and misaligned rows alternate within one tensor; a
+# storage offset of 1..3 elements misaligns the base. The result may not depend on the
+# path: the same bits as the same values in fresh tensors, and the CPU op's on the same
+# noise.
+PER_ROW = [((9, 50), -1), ((9, 1001), -1), ((4, 1029), -1)]  # warp (rows share a warp), warp, block
+# (input, output) storage offsets in elements: misaligned by 1..3, the output aligned or
+# shifted as the input (fp64 at offset 2 is 16-byte aligned again).
+OFFSETS = [(1, 0), (1, 1), (2, 2), (3, 3)]
+
+
+def at_offset(t, offset):
+    """A contiguous copy of t whose storage starts `offset` elements into its buffer."""
+    view = torch.empty(t.numel() + offset, dtype=t.dtype)[offset:].view(t.shape)
+    return view.copy_(t)
+
+
+def check_vector_accesses(emu, shape, dtype, *offsets):
+    """Since the last check: no 16-byte access at a misaligned address, and some 16-byte
+    accesses exactly when every base (at these storage offsets) and some row's start are
+    16-byte aligned."""
+    rows, length = shape
+    bases_aligned = all(o * dtype.itemsize % 16 == 0 for o in offsets)
+    vector_rows = sum(bases_aligned and r * length * dtype.itemsize % 16 == 0 for r in range(rows))
+    aligned, misaligned = emu.vector_accesses()
+    assert misaligned == 0
+    assert (aligned > 0) == (vector_rows > 0), (aligned, vector_rows, offsets)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", PER_ROW)
+def test_per_row_alignment_forward(emu, shape, dim, dtype):
+    x0 = logits(shape, dtype, seed=11)
+    state = state_of(31, 8)
+    emu.vector_accesses()
+    fresh = {mode: emu.forward(x0, 0.6, mode, dim, state)[0] for mode in MODES}
+    check_vector_accesses(emu, shape, dtype, 0)
+    torch.testing.assert_close(fresh["soft"], cpu_forward(x0, 0.6, False, dim, state), **cpu_tol(dtype, shape[dim]))
+    assert torch.equal(fresh["hard"], cpu_forward(x0, 0.6, True, dim, state))
+    sample = ops.sample(x0, 1, dim, None, state)
+    assert torch.equal(fresh["index"].view(sample.shape), sample)
+    for offset, out_offset in OFFSETS:
+        x = at_offset(x0, offset)
+        for mode in ("soft", "hard"):
+            out = at_offset(torch.zeros_like(x0), out_offset)
+            got, _ = emu.forward(x, 0.6, mode, dim, state, out=out)
+            assert torch.equal(got, fresh[mode]), (mode, offset, out_offset)
+            check_vector_accesses(emu, shape, dtype, offset, out_offset)
+        index, _ = emu.forward(x, 0.6, "index", dim, state)
+        assert torch.equal(index, fresh["index"])
+        check_vector_accesses(emu, shape, dtype, offset)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", PER_ROW)
+def test_per_row_alignment_backward(emu, shape, dim, dtype):
+    x0, g0 = logits(shape, dtype, seed=12), logits(shape, dtype, seed=13)
+    state = state_of(37, 4)
+    y0, _ = emu.forward(x0, 0.8, "soft", dim, state)
+    emu.vector_accesses()
+    soft0, _ = emu.backward(g0, y0, state, 0.8, False, dim)
+    hard0, _ = emu.backward(g0, x0, state, 0.8, True, dim)
+    check_vector_accesses(emu, shape, dtype, 0)
+    assert torch.equal(soft0, hard0)  # Note [Regenerated y_soft]
+    for hard in (False, True):
+        expected, _ = ops.gumbel_softmax_backward(g0, x0 if hard else y0, state, 0.8, None, hard, dim, False)
+        torch.testing.assert_close(soft0, expected, **backward_tol(dtype, shape[dim], hard))
+    for offset, out_offset in OFFSETS:
+        for hard, saved in ((False, y0), (True, x0)):
+            got, _ = emu.backward(at_offset(g0, offset), at_offset(saved, offset), state, 0.8, hard, dim,
+                                  grad_logits=at_offset(torch.zeros_like(x0), out_offset))
+            assert torch.equal(got, soft0), (hard, offset, out_offset)
+            check_vector_accesses(emu, shape, dtype, offset, out_offset)
 
 
 # --------------------------------------------------------------------------- backward

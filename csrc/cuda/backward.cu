@@ -20,32 +20,32 @@ void with_grad_tau(const BackwardArgs<scalar_t>& args, F&& f) {
 }
 
 template <typename scalar_t, int L>
-void launch_warp_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int length, bool aligned,
+void launch_warp_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int length,
                           const Rng& rng, cudaStream_t stream) {
   const int64_t blocks = std::min(ceil_div(rows, warp_rows_per_block<L>()), kMaxGrid);
   with_grad_tau(args, [&](auto grad_tau) {
     warp_backward_kernel<scalar_t, L, decltype(grad_tau)::value>
-        <<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(args, rows, length, aligned, rng);
+        <<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(args, rows, length, rng);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, int L = 0>
 void warp_backward(int log2_chunks, const BackwardArgs<scalar_t>& args, int64_t rows, int length,
-                   bool aligned, const Rng& rng, cudaStream_t stream) {
+                   const Rng& rng, cudaStream_t stream) {
   if constexpr ((1 << L) * chunk_size<scalar_t>() > kMaxWarpRow) {
     TORCH_INTERNAL_ASSERT(false, "gumbel_ext: row too long for the warp kernel");
   } else {
     if (log2_chunks == L) {
-      launch_warp_backward<scalar_t, L>(args, rows, length, aligned, rng, stream);
+      launch_warp_backward<scalar_t, L>(args, rows, length, rng, stream);
     } else {
-      warp_backward<scalar_t, L + 1>(log2_chunks, args, rows, length, aligned, rng, stream);
+      warp_backward<scalar_t, L + 1>(log2_chunks, args, rows, length, rng, stream);
     }
   }
 }
 
 template <typename scalar_t>
-void block_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int64_t length, bool aligned,
+void block_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int64_t length,
                     const Rng& rng, cudaStream_t stream) {
   const int64_t chunks = ceil_div(length, chunk_size<scalar_t>());
   const int threads = row_block_threads(chunks);
@@ -55,7 +55,7 @@ void block_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int64_t le
     allow_dynamic_smem(block_backward_kernel<scalar_t, kGradTau>, smem.bytes);
     block_backward_kernel<scalar_t, kGradTau>
         <<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem.bytes, stream>>>(
-            args, rows, length, aligned, smem.keep_y, smem.keep_g, rng);
+            args, rows, length, smem.keep_y, smem.keep_g, rng);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -79,13 +79,11 @@ void backward(const BackwardArgs<scalar_t>& args, const Shape& shape, const Rng&
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const bool aligned = length % V == 0 && aligned16(args.grad) && aligned16(args.saved) &&
-                       aligned16(args.grad_logits);
   if (length <= kMaxWarpRow) {
-    warp_backward<scalar_t>(ceil_log2(ceil_div(length, V)), args, rows, static_cast<int>(length),
-                            aligned, rng, stream);
+    warp_backward<scalar_t>(ceil_log2(ceil_div(length, V)), args, rows, static_cast<int>(length), rng,
+                            stream);
   } else {
-    block_backward<scalar_t>(args, rows, length, aligned, rng, stream);
+    block_backward<scalar_t>(args, rows, length, rng, stream);
   }
 }
 

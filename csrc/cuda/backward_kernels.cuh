@@ -30,7 +30,7 @@ __device__ __forceinline__ acc_t grad_element(acc_t y, acc_t g, acc_t dot, acc_t
 // ------------------------------------------------------------------- warp per row
 template <typename scalar_t, int kLog2Chunks, bool kGradTau>
 __global__ void __launch_bounds__(kWarpRowThreads)
-    warp_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int length, bool aligned, Rng rng) {
+    warp_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int length, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
   constexpr int K = 1 << kLog2Chunks;
@@ -46,6 +46,8 @@ __global__ void __launch_bounds__(kWarpRowThreads)
     const int64_t r = base + my_row;
     const bool valid = r < rows;
     const int64_t start = (valid ? r : 0) * length;
+    // 16-byte accesses for this row? (Note [Per-row vector loads])
+    const bool aligned = row_vectorizable<scalar_t>(start, args.grad, args.saved, args.grad_logits);
     const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
     acc_t y[J][V], g[J][V];
 #pragma unroll
@@ -106,8 +108,8 @@ __global__ void __launch_bounds__(kWarpRowThreads)
 // read (or regenerated) again in the second pass.
 template <typename scalar_t, bool kGradTau>
 __global__ void __launch_bounds__(kMaxBlockThreads)
-    block_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int64_t length, bool aligned,
-                          bool keep_y, bool keep_g, Rng rng) {
+    block_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int64_t length, bool keep_y,
+                          bool keep_g, Rng rng) {
   // The probe keeps what backward_smem would: nothing for the soft backward.
   keep_y = GUMBEL_RUNTIME(keep_y, GUMBEL_EXT_SASS_KEEP != 0 && GUMBEL_EXT_SASS_MODE != 0);
   keep_g = GUMBEL_RUNTIME(keep_g, GUMBEL_EXT_SASS_KEEP != 0 && GUMBEL_EXT_SASS_MODE != 0);
@@ -122,6 +124,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) seed_offset(rng, seed, offset);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const int64_t start = r * length;
+    // 16-byte accesses for this row? (Note [Per-row vector loads])
+    const bool aligned = row_vectorizable<scalar_t>(start, args.grad, args.saved, args.grad_logits);
     const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
     MaxSum<acc_t> st = max_sum_identity<acc_t>();
     if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {

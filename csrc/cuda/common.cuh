@@ -117,14 +117,50 @@ struct alignas(16) Pack {
   T v[N];
 };
 
-// Loads columns c0 .. c0+V-1 of a contiguous row as acc_t; `aligned` promises that the
-// row pointer is 16-byte aligned and that the row length is a multiple of V (so a chunk
-// that starts inside the row is whole). Columns >= length read as `fill`.
+// Note [Per-row vector loads]
+// Each row decides for itself (row_vectorizable): a row whose pointers are all 16-byte
+// aligned (every tensor's base, and the row's start) loads and stores its whole chunks with one 16-byte access, and only its last,
+// partial chunk column by column; any other row goes column by column throughout. So a
+// 50257-column fp32 tensor vectorizes the rows that start on a 16-byte boundary (every
+// fourth) where one odd row used to send all of them to scalar loads. The chunks stay on
+// Philox blocks (column 4b), so the noise and the summation order do not depend on the
+// path. A row misaligned by m elements is NOT given a scalar prologue and 16-byte body
+// (as ATen's softmax does): its body chunks would straddle two Philox blocks, and a
+// second Philox block per chunk costs about 15 SASS per element in the warp kernels and
+// 30 in the block ones, more than the scalar accesses' 5..19 (docs/performance.md,
+// "Per-row vector loads").
+
+__host__ __device__ __forceinline__ bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// Whether the row `start` elements into the tensors at base... may use 16-byte accesses:
+// every base 16-byte aligned, and the row's start a multiple of 16 bytes. Bases that
+// share a nonzero misalignment (input and output both views at one storage offset) are
+// rare and stay scalar; testing the row pointers themselves made the fp64 block backward
+// spill.
+template <typename scalar_t, typename... P>
+__device__ __forceinline__ bool row_vectorizable(int64_t start, const P*... base) {
+  return (aligned16(base) && ...) && (start * int64_t{sizeof(scalar_t)}) % 16 == 0;
+}
+
+// The emulator (tests/emulation/simt.h) counts the 16-byte accesses and checks their
+// alignment; the real build compiles this away.
+#if defined(GUMBEL_EXT_HOST_EMULATION)
+#define GUMBEL_VECTOR_ACCESS(p) ::simt::vector_access(p)
+#else
+#define GUMBEL_VECTOR_ACCESS(p) ((void)0)
+#endif
+
+// Loads columns c0 .. c0+V-1 of a contiguous row as acc_t; `aligned` (row_vectorizable)
+// says the row pointer is 16-byte aligned: a chunk that lies wholly inside the row is
+// then one 16-byte load. Columns >= length read as `fill`.
 template <int V, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_chunk(const scalar_t* __restrict__ row, int64_t c0,
                                            int64_t length, bool aligned, acc_t (&v)[V],
                                            acc_t fill) {
-  if (GUMBEL_RUNTIME(aligned, true)) {
+  if (GUMBEL_RUNTIME(aligned && c0 + V <= length, true)) {
+    GUMBEL_VECTOR_ACCESS(row + c0);
     const Pack<scalar_t, V> p = *reinterpret_cast<const Pack<scalar_t, V>*>(row + c0);
 #pragma unroll
     for (int i = 0; i < V; ++i) v[i] = static_cast<acc_t>(p.v[i]);
@@ -137,7 +173,8 @@ __device__ __forceinline__ void load_chunk(const scalar_t* __restrict__ row, int
 template <int V, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void store_chunk(scalar_t* __restrict__ row, int64_t c0, int64_t length,
                                             bool aligned, const acc_t (&v)[V]) {
-  if (GUMBEL_RUNTIME(aligned, true)) {
+  if (GUMBEL_RUNTIME(aligned && c0 + V <= length, true)) {
+    GUMBEL_VECTOR_ACCESS(row + c0);
     Pack<scalar_t, V> p;
 #pragma unroll
     for (int i = 0; i < V; ++i) p.v[i] = static_cast<scalar_t>(v[i]);
@@ -456,8 +493,6 @@ inline int ceil_log2(int64_t n) {
   while ((int64_t{1} << l) < n) ++l;
   return l;
 }
-
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // Threads of the block-per-row kernels for a row of `chunks` chunks: about four chunks
 // per thread, 128 .. 1024. Forward and backward use the same count, so a regenerated

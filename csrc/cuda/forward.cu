@@ -9,8 +9,8 @@
 //     the logits and the Philox counter; max and sum come from one online pass.
 //   inner  > 1: 2-D blocks of <= 256 threads, x over inner (coalesced), y splitting the
 //     row's 4-column Philox blocks; no transposed copy.
-// 16-byte vector loads and stores when the row pointers are aligned and C is a multiple
-// of the chunk; every offset is 64-bit. One-hot and index modes only need the argmax of
+// 16-byte vector loads and stores for the whole chunks of every row whose pointers are
+// aligned, decided row by row (Note [Per-row vector loads]); every offset is 64-bit. One-hot and index modes only need the argmax of
 // x: no exp, nothing kept on chip.
 #include "forward_kernels.cuh"
 
@@ -19,37 +19,37 @@ namespace cuda {
 namespace {
 
 template <typename scalar_t, int L>
-void launch_warp_forward(const ForwardArgs<scalar_t>& args, int64_t rows, int length, bool aligned,
+void launch_warp_forward(const ForwardArgs<scalar_t>& args, int64_t rows, int length,
                          const Rng& rng, cudaStream_t stream) {
   const int64_t blocks = std::min(ceil_div(rows, warp_rows_per_block<L>()), kMaxGrid);
   warp_forward_kernel<scalar_t, L><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(
-      args, rows, length, aligned, rng);
+      args, rows, length, rng);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, int L = 0>
 void warp_forward(int log2_chunks, const ForwardArgs<scalar_t>& args, int64_t rows, int length,
-                  bool aligned, const Rng& rng, cudaStream_t stream) {
+                  const Rng& rng, cudaStream_t stream) {
   if constexpr ((1 << L) * chunk_size<scalar_t>() > kMaxWarpRow) {
     TORCH_INTERNAL_ASSERT(false, "gumbel_ext: row too long for the warp kernel");
   } else {
     if (log2_chunks == L) {
-      launch_warp_forward<scalar_t, L>(args, rows, length, aligned, rng, stream);
+      launch_warp_forward<scalar_t, L>(args, rows, length, rng, stream);
     } else {
-      warp_forward<scalar_t, L + 1>(log2_chunks, args, rows, length, aligned, rng, stream);
+      warp_forward<scalar_t, L + 1>(log2_chunks, args, rows, length, rng, stream);
     }
   }
 }
 
 template <typename scalar_t>
-void block_forward(const ForwardArgs<scalar_t>& args, int64_t rows, int64_t length, bool aligned,
+void block_forward(const ForwardArgs<scalar_t>& args, int64_t rows, int64_t length,
                    const Rng& rng, cudaStream_t stream) {
   const int64_t chunks = ceil_div(length, chunk_size<scalar_t>());
   const int threads = row_block_threads(chunks);
   const ForwardSmem smem = forward_smem<scalar_t>(args.mode, chunks, max_block_smem());
   allow_dynamic_smem(block_forward_kernel<scalar_t>, smem.bytes);
   block_forward_kernel<scalar_t><<<static_cast<unsigned>(std::min(rows, kMaxGrid)), threads, smem.bytes, stream>>>(
-      args, rows, length, aligned, smem.keep_x, rng);
+      args, rows, length, smem.keep_x, rng);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -69,12 +69,11 @@ void forward(const ForwardArgs<scalar_t>& args, const Shape& shape, const Rng& r
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const bool aligned = length % V == 0 && aligned16(args.logits) && aligned16(args.out);
   if (length <= kMaxWarpRow) {
-    warp_forward<scalar_t>(ceil_log2(ceil_div(length, V)), args, rows, static_cast<int>(length),
-                           aligned, rng, stream);
+    warp_forward<scalar_t>(ceil_log2(ceil_div(length, V)), args, rows, static_cast<int>(length), rng,
+                           stream);
   } else {
-    block_forward<scalar_t>(args, rows, length, aligned, rng, stream);
+    block_forward<scalar_t>(args, rows, length, rng, stream);
   }
 }
 

@@ -28,7 +28,7 @@ __device__ __forceinline__ void one_hot_chunk(index_t c0, index_t arg, const One
 // ------------------------------------------------------------------- warp per row
 template <typename scalar_t, int kLog2Chunks>
 __global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
-    warp_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int length, bool aligned, Rng rng) {
+    warp_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int length, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
   constexpr int K = 1 << kLog2Chunks;              // chunks per row, padded to a power of 2
@@ -45,6 +45,8 @@ __global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
     const int64_t r = base + my_row;
     const bool valid = r < rows;
     const scalar_t* row = args.logits + (valid ? r : 0) * length;
+    // 16-byte accesses for this row? (Note [Per-row vector loads]; out is null in index mode)
+    const bool aligned = row_vectorizable<scalar_t>((valid ? r : 0) * length, args.logits, args.out);
     acc_t x[J][V];
 #pragma unroll
     for (int j = 0; j < J; ++j) {
@@ -102,8 +104,7 @@ __global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
 // ------------------------------------------------------------------ block per row
 template <typename scalar_t>
 __global__ void __launch_bounds__(kMaxBlockThreads)
-    block_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int64_t length, bool aligned,
-                         bool keep_x, Rng rng) {
+    block_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int64_t length, bool keep_x, Rng rng) {
   keep_x = GUMBEL_RUNTIME(keep_x, GUMBEL_EXT_SASS_KEEP != 0);
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
@@ -115,6 +116,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   constexpr int kU = chunks_in_flight<acc_t, V>();  // chunks per thread in flight
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = args.logits + r * length;
+    // 16-byte accesses for this row? (Note [Per-row vector loads]; out is null in index mode)
+    const bool aligned = row_vectorizable<scalar_t>(r * length, args.logits, args.out);
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
       const acc_t scale = exp2_scale(row_inv_tau(args.tau_rows, args.inv_tau, r));
       const SoftRow<acc_t> soft(block_stats<V>(row, length, aligned, seed, offset, r, scale, xs, scratch), scale);

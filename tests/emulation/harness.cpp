@@ -89,14 +89,13 @@ int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int 
       simt::launch(spatial_forward_kernel<scalar_t>, grid, block, smem.bytes, args, shape, smem.keep_x, r);
       return;
     }
-    const bool aligned = length % V == 0 && aligned16(args.logits) && aligned16(args.out);
     if (length <= kMaxWarpRow) {
       with_log2(ceil_log2(ceil_div(length, V)), [&](auto l) {
         constexpr int L = decltype(l)::value;
         if constexpr ((1 << L) * V <= kMaxWarpRow) {
           constexpr int per_block = warp_rows_per_block<L>();
           simt::launch(warp_forward_kernel<scalar_t, L>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
-                       dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), aligned, r);
+                       dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), r);
         }
       });
       return;
@@ -104,7 +103,7 @@ int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int 
     const int64_t chunks = ceil_div(length, V);
     const ForwardSmem smem = forward_smem<scalar_t>(args.mode, chunks, smem_budget);
     simt::launch(block_forward_kernel<scalar_t>, dim3(capped(rows, grid_cap)), dim3(row_block_threads(chunks)),
-                 smem.bytes, args, rows, length, aligned, smem.keep_x, r);
+                 smem.bytes, args, rows, length, smem.keep_x, r);
   });
   return rc != 0 ? rc : finish();
 }
@@ -140,15 +139,13 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
       simt::launch(spatial_backward_kernel<scalar_t, kGradTau>, grid, block, smem.bytes, args, shape, smem.keep_x, r);
       return;
     }
-    const bool aligned = length % V == 0 && aligned16(args.grad) && aligned16(args.saved) &&
-                         aligned16(args.grad_logits);
     if (length <= kMaxWarpRow) {
       with_log2(ceil_log2(ceil_div(length, V)), [&](auto l) {
         constexpr int L = decltype(l)::value;
         if constexpr ((1 << L) * V <= kMaxWarpRow) {
           constexpr int per_block = warp_rows_per_block<L>();
           simt::launch(warp_backward_kernel<scalar_t, L, kGradTau>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
-                       dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), aligned, r);
+                       dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), r);
         }
       });
       return;
@@ -156,7 +153,7 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
     const int64_t chunks = ceil_div(length, V);
     const BackwardSmem smem = backward_smem<scalar_t>(args.hard, chunks, smem_budget);
     simt::launch(block_backward_kernel<scalar_t, kGradTau>, dim3(capped(rows, grid_cap)), dim3(row_block_threads(chunks)),
-                 smem.bytes, args, rows, length, aligned, smem.keep_y, smem.keep_g, r);
+                 smem.bytes, args, rows, length, smem.keep_y, smem.keep_g, r);
     };
     if (args.grad_tau != nullptr) {
       run(std::true_type{});
@@ -206,6 +203,12 @@ void emu_noise_at(uint64_t seed, uint64_t offset, const int64_t* rows, const int
 
 void emu_neg_log(const float* x, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = gumbel_ext::neg_log_positive(x[i]);
+}
+
+// The 16-byte accesses since the last call: counts[0] aligned, counts[1] misaligned.
+void emu_vector_accesses(int64_t* counts) {
+  counts[0] = simt::vector_accesses().aligned.exchange(0);
+  counts[1] = simt::vector_accesses().misaligned.exchange(0);
 }
 
 }  // extern "C"

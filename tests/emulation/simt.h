@@ -108,6 +108,21 @@ void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, A
       }
 }
 
+// The kernels' 16-byte global accesses (Note [Per-row vector loads]), counted, with
+// those at an address that is not 16-byte aligned -- a fault on a GPU, silently fine on
+// the host -- counted apart.
+struct VectorAccesses {
+  std::atomic<int64_t> aligned{0}, misaligned{0};
+};
+inline VectorAccesses& vector_accesses() {
+  static VectorAccesses counts;
+  return counts;
+}
+inline void vector_access(const void* p) {
+  VectorAccesses& counts = vector_accesses();
+  (reinterpret_cast<uintptr_t>(p) % 16 == 0 ? counts.aligned : counts.misaligned).fetch_add(1);
+}
+
 }  // namespace simt
 
 #define threadIdx (::simt::t_thread_idx)
