@@ -134,6 +134,21 @@ def test_noise_equals_cpu_and_reference(shape, dim, offset):
     torch.testing.assert_close(g, g_ref, rtol=2e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("col_start,length", [(0, 1000), (3, 4097), (2**33 + 1, 50), (5, 1)])
+def test_keyed_noise_equals_cpu_bits(col_start, length):
+    """keyed_noise (the vocabulary-parallel ranks' and seeded gumbel_softmax's noise) draws
+    the CPU's bits exactly, at any column start, 64-bit keys, offsets and row counters."""
+    gen = torch.Generator().manual_seed(7)
+    rows = 6
+    keys = torch.randint(-2**63, 2**63 - 1, (rows,), generator=gen, dtype=torch.int64)
+    offsets = torch.randint(0, 2**40, (rows,), generator=gen, dtype=torch.int64) * 4
+    row_ctr = torch.tensor([0, 1, 5, 2**31, 2**32 + 3, 2**40], dtype=torch.int64)
+    g = ops.keyed_noise(keys.cuda(), offsets.cuda(), row_ctr.cuda(), col_start, length)
+    g_cpu = ops.keyed_noise(keys, offsets, row_ctr, col_start, length)
+    assert g.dtype == torch.float32 and g.shape == (rows, length)
+    assert torch.equal(g.cpu().view(torch.int32), g_cpu.view(torch.int32))
+
+
 # ------------------------------------------------------------------ forward, dim last
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("length", LENGTHS)
