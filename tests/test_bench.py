@@ -114,3 +114,20 @@ def test_cuda_presets_add_the_target_workload():
     assert preset_for("quick", "cuda") == PRESETS["quick"]
     cuda = preset_for("default", "cuda")
     assert cuda.workloads[-1] is GPU_WORKLOADS[0] and GPU_WORKLOADS[0].shape == (8192, 32000)
+
+
+def test_compare_builds_runs_both_builds(tmp_path):
+    """benchmarks/compare_builds.py (issue #11(d)'s before/after CPU bench) times one
+    workload in two child processes and reports a ratio per case: here the same build twice."""
+    out = tmp_path / "compare.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare_builds", str(ROOT), str(ROOT), "--rounds", "1",
+         "--workloads", "rl-head", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| rl-head/fp32/")]
+    assert len(rows) == 5, out.read_text()
+    for row in rows:
+        ratio = float(row.rstrip(" |").rsplit("|", 1)[1])
+        assert 0 < ratio < 100
