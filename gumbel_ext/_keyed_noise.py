@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops
-from .reference import _MASK32, philox4x32_10
+from . import _ops, _reference_sampler
 
 _OP = "gumbel_ext::keyed_noise"
 
@@ -35,13 +34,7 @@ def keyed_noise_reference(keys: torch.Tensor, offsets: torch.Tensor, row_ctr: to
                           length: int) -> torch.Tensor:
     """The same draws in torch ops (its log is torch.log: equal to the fused noise within
     a few ulp, not bit for bit; Note [Noise log] in csrc/gumbel_noise.h)."""
-    c = torch.arange(col_start, col_start + length, device=keys.device, dtype=torch.int64).view(1, -1)
-    n = offsets.view(-1, 1) // 4 + c // 4
-    r = row_ctr.view(-1, 1).expand_as(n)
-    words = philox4x32_10((n & _MASK32, (n >> 32) & _MASK32, r & _MASK32, (r >> 32) & _MASK32), keys.view(-1, 1))
-    bits = torch.stack(words, dim=-1).gather(-1, (c % 4).expand_as(n).unsqueeze(-1)).squeeze(-1)
-    u = ((bits >> 9).to(torch.float32) + 0.5) * 2.0**-23
-    return -torch.log(-torch.log(u))
+    return _reference_sampler.keyed_noise(keys, offsets, row_ctr, length, col_start)
 
 
 def keyed_noise(keys: torch.Tensor, offsets: torch.Tensor, row_ctr: torch.Tensor, col_start: int = 0,

@@ -12,10 +12,12 @@ import torch
 from .reference import _MASK32, _acc_dtype, draw_rng_state, philox4x32_10
 
 
-def keyed_noise(keys: torch.Tensor, offsets: torch.Tensor, row_ctr: torch.Tensor, length: int) -> torch.Tensor:
+def keyed_noise(keys: torch.Tensor, offsets: torch.Tensor, row_ctr: torch.Tensor, length: int,
+                col_start: int = 0) -> torch.Tensor:
     """Float32 Gumbel noise ``[R, length]``: row j is the noise contract's row ``row_ctr[j]``
-    under key ``keys[j]`` and counter start ``offsets[j]`` (int64 tensors of shape [R])."""
-    c = torch.arange(length, device=keys.device, dtype=torch.int64).view(1, -1)
+    under key ``keys[j]`` and counter start ``offsets[j]`` (int64 tensors of shape [R]), at
+    columns ``col_start .. col_start + length - 1``."""
+    c = torch.arange(col_start, col_start + length, device=keys.device, dtype=torch.int64).view(1, -1)
     n = offsets.view(-1, 1) // 4 + c // 4
     r = row_ctr.view(-1, 1).expand_as(n)
     words = philox4x32_10((n & _MASK32, (n >> 32) & _MASK32, r & _MASK32, (r >> 32) & _MASK32), keys.view(-1, 1))
