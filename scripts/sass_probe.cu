@@ -3,6 +3,8 @@
 // mode with the runtime choices fixed, and one loop of noise draws.
 #include "backward_kernels.cuh"
 #include "forward_kernels.cuh"
+#include "split_backward_kernels.cuh"
+#include "split_forward_kernels.cuh"
 
 namespace gumbel_ext {
 namespace cuda {
@@ -25,6 +27,12 @@ template __global__ void spatial_forward_kernel<float>(ForwardArgs<float>, Shape
 template __global__ void warp_backward_kernel<float, 8, false>(BackwardArgs<float>, int64_t, int, Rng);
 template __global__ void block_backward_kernel<float, false>(BackwardArgs<float>, int64_t, int64_t, bool, bool, Rng);
 template __global__ void spatial_backward_kernel<float, false>(BackwardArgs<float>, Shape, bool, Rng);
+// Rows split across a cluster (Note [Split rows]); the sm_80 workspace variant differs
+// only in its exchange, outside the per-element loops.
+template __global__ void split_forward_kernel<float, true>(ForwardArgs<float>, int64_t, int64_t, SplitShape,
+                                                           SplitWorkspace, Rng);
+template __global__ void split_backward_kernel<float, false, true>(BackwardArgs<float>, int64_t, int64_t,
+                                                                   SplitShape, SplitWorkspace, Rng);
 
 }  // namespace cuda
 }  // namespace gumbel_ext

@@ -3,6 +3,7 @@
 // hard mode, y_soft regenerated from the logits and the saved (seed, offset) -- see
 // Note [Regenerated y_soft] -- so nothing of the logits' size is kept between passes.
 #include "backward_kernels.cuh"
+#include "split_rows.h"
 
 namespace gumbel_ext {
 namespace cuda {
@@ -82,7 +83,7 @@ void backward(const BackwardArgs<scalar_t>& args, const Shape& shape, const Rng&
   if (length <= kMaxWarpRow) {
     warp_backward<scalar_t>(ceil_log2(ceil_div(length, V)), args, rows, static_cast<int>(length), rng,
                             stream);
-  } else {
+  } else if (!split_backward<scalar_t>(args, rows, length, rng, stream)) {  // Note [Split rows]
     block_backward<scalar_t>(args, rows, length, rng, stream);
   }
 }

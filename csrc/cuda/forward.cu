@@ -7,12 +7,15 @@
 //     The soft path keeps x in shared memory when C * sizeof(acc) fits the device's
 //     opt-in limit (227 KiB on H100: C <= ~57k), else its second pass regenerates x from
 //     the logits and the Philox counter; max and sum come from one online pass.
+//   inner == 1, C >= 8192, few rows or rows too long for one block's shared memory:
+//     the row split across P blocks (split_rows.cu, Note [Split rows]), x on chip.
 //   inner  > 1: 2-D blocks of <= 256 threads, x over inner (coalesced), y splitting the
 //     row's 4-column Philox blocks; no transposed copy.
 // 16-byte vector loads and stores for the whole chunks of every row whose pointers are
 // aligned, decided row by row (Note [Per-row vector loads]); every offset is 64-bit. One-hot and index modes only need the argmax of
 // x: no exp, nothing kept on chip.
 #include "forward_kernels.cuh"
+#include "split_rows.h"
 
 namespace gumbel_ext {
 namespace cuda {
@@ -72,7 +75,7 @@ void forward(const ForwardArgs<scalar_t>& args, const Shape& shape, const Rng& r
   if (length <= kMaxWarpRow) {
     warp_forward<scalar_t>(ceil_log2(ceil_div(length, V)), args, rows, static_cast<int>(length), rng,
                            stream);
-  } else {
+  } else if (!split_forward<scalar_t>(args, rows, length, rng, stream)) {  // Note [Split rows]
     block_forward<scalar_t>(args, rows, length, rng, stream);
   }
 }

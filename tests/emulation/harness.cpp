@@ -7,6 +7,8 @@
 #include "backward_kernels.cuh"
 #include "forward_kernels.cuh"
 #include "noise_kernels.cuh"
+#include "split_backward_kernels.cuh"
+#include "split_forward_kernels.cuh"
 
 namespace gumbel_ext {
 namespace cuda {
@@ -54,6 +56,29 @@ void with_log2(int l, F&& f) {
 }
 
 int finish() { return simt::Barrier::deadlocks().exchange(0) == 0 ? 0 : -2; }
+
+// A split kernel (Note [Split rows]) over `groups` row groups of P blocks: as clusters
+// (P blocks at a time, no workspace), or as one cooperative grid whose groups exchange
+// through a zeroed workspace, all blocks at once.
+template <typename ArgsT>
+void launch_split(void (*cluster_kernel)(ArgsT, int64_t, int64_t, SplitShape, SplitWorkspace, Rng),
+                  void (*workspace_kernel)(ArgsT, int64_t, int64_t, SplitShape, SplitWorkspace, Rng), bool cluster,
+                  int64_t groups, const ArgsT& args, int64_t rows, int64_t length, const SplitShape& s, size_t smem,
+                  const Rng& r) {
+  const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(rows, groups)) * s.parts);
+  if (cluster) {
+    simt::launch_groups(cluster_kernel, grid, dim3(s.threads), smem, static_cast<unsigned>(s.parts), args, rows,
+                        length, s, SplitWorkspace{}, r);
+    return;
+  }
+  const unsigned n = grid / static_cast<unsigned>(s.parts);
+  std::vector<unsigned long long> counters(n, 0);
+  std::vector<unsigned char> partials(static_cast<size_t>(n) * kSplitSlotSets * kMaxSplit * kSplitSlotBytes, 0xFF);
+  SplitWorkspace ws;
+  ws.counters = counters.data();
+  ws.partials = partials.data();
+  simt::launch_groups(workspace_kernel, grid, dim3(s.threads), smem, grid, args, rows, length, s, ws, r);
+}
 
 }  // namespace
 }  // namespace cuda
@@ -191,6 +216,79 @@ int emu_gather(const int32_t* sorted_cols, int64_t* out, int64_t num_rows, int64
   simt::launch(gather_kernel, dim3(capped(grid_cap, grid_cap)), dim3(kElementwiseThreads), 0, sorted_cols,
                out, num_rows, length, k);
   return finish();
+}
+
+// The split kernels with P = parts and at most max_threads threads per block; cluster:
+// the sm_90 exchange, else the sm_80 workspace one; groups: row groups in the grid.
+int emu_split_forward(int dtype, const void* logits, void* out, int64_t* indices, int mode, int64_t rows,
+                      int64_t length, const void* tau_rows, double inv_tau, int64_t* rng_state, int parts,
+                      int max_threads, int cluster, int64_t groups) {
+  Rng r;
+  r.replay = rng_state;
+  const int rc = with_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    ForwardArgs<scalar_t> args;
+    args.logits = static_cast<const scalar_t*>(logits);
+    args.out = static_cast<scalar_t*>(out);
+    args.indices = indices;
+    args.tau_rows = static_cast<const acc_t*>(tau_rows);
+    args.inv_tau = inv_tau;
+    args.mode = static_cast<Mode>(mode);
+    const SplitShape s = split_shape<scalar_t>(parts, length, max_threads);
+    launch_split<ForwardArgs<scalar_t>>(split_forward_kernel<scalar_t, true>, split_forward_kernel<scalar_t, false>,
+                                        cluster != 0, groups, args, rows, length, s,
+                                        split_smem<scalar_t>(s, args.mode == Mode::kSoft), r);
+  });
+  return rc != 0 ? rc : finish();
+}
+
+int emu_split_backward(int dtype, const void* grad, const void* saved, void* grad_logits, void* grad_tau,
+                       const void* tau_rows, double inv_tau, int hard, int64_t rows, int64_t length,
+                       int64_t* rng_state, int parts, int max_threads, int cluster, int64_t groups) {
+  Rng r;
+  r.replay = rng_state;
+  const int rc = with_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = at::opmath_type<scalar_t>;
+    BackwardArgs<scalar_t> args;
+    args.grad = static_cast<const scalar_t*>(grad);
+    args.saved = static_cast<const scalar_t*>(saved);
+    args.grad_logits = static_cast<scalar_t*>(grad_logits);
+    args.grad_tau = static_cast<acc_t*>(grad_tau);
+    args.tau_rows = static_cast<const acc_t*>(tau_rows);
+    args.inv_tau = inv_tau;
+    args.hard = hard != 0;
+    const SplitShape s = split_shape<scalar_t>(parts, length, max_threads);
+    const size_t smem = split_smem<scalar_t>(s, args.hard);
+    if (args.grad_tau != nullptr) {
+      launch_split<BackwardArgs<scalar_t>>(split_backward_kernel<scalar_t, true, true>,
+                                           split_backward_kernel<scalar_t, true, false>, cluster != 0, groups, args,
+                                           rows, length, s, smem, r);
+    } else {
+      launch_split<BackwardArgs<scalar_t>>(split_backward_kernel<scalar_t, false, true>,
+                                           split_backward_kernel<scalar_t, false, false>, cluster != 0, groups, args,
+                                           rows, length, s, smem, r);
+    }
+  });
+  return rc != 0 ? rc : finish();
+}
+
+// choose_split for a device of `sms` SMs, `smem` bytes of opt-in shared memory and
+// P <= max_parts: out = {P, threads, slice_chunks, shared-memory bytes with x}.
+int emu_choose_split(int dtype, int64_t rows, int64_t length, int sms, int64_t smem, int max_parts, int64_t* out) {
+  return with_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    SplitDevice dev;
+    dev.sms = sms;
+    dev.smem_bytes = smem;
+    dev.max_parts = max_parts;
+    const SplitShape s = choose_split<scalar_t>(rows, length, dev);
+    out[0] = s.parts;
+    out[1] = s.threads;
+    out[2] = s.slice_chunks;
+    out[3] = s.parts != 0 ? static_cast<int64_t>(split_smem<scalar_t>(s, true)) : 0;
+  });
 }
 
 // The device code's scalar noise (gumbel_noise.h, as CUDA compiles it) at arbitrary

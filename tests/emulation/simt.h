@@ -3,7 +3,10 @@
 // compared with the CPU ops on a machine without a GPU.
 //
 // One std::thread per CUDA thread; the blocks of a grid run one after another, so a
-// `static` local is exactly a block's __shared__ array. __syncthreads and the warp
+// `static` local is exactly a block's __shared__ array. launch_groups runs groups of
+// blocks at once instead -- a thread-block cluster, or a cooperative grid -- each block
+// with its own dynamic shared memory (kernels run that way keep everything there), with
+// the cluster's barrier, its distributed shared memory, and global atomics. __syncthreads and the warp
 // shuffles are barriers over the block / the warp: a kernel that lets some lanes skip a
 // shuffle or some threads skip a __syncthreads hangs here, and the barrier's timeout
 // reports it. What it cannot show: GPU timing, the memory model, and the device libm's
@@ -20,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <algorithm>
 #include <vector>
 
 namespace simt {
@@ -78,6 +82,21 @@ inline std::vector<unsigned char>& dynamic_shared() {
   static std::vector<unsigned char> bytes;
   return bytes;
 }
+// The dynamic shared memory of the calling thread's block.
+inline thread_local unsigned char* t_dynamic = nullptr;
+
+// Blocks that run together (launch_groups): a barrier over all their threads, and each
+// block's dynamic shared memory, for cluster_map.
+struct Cluster {
+  Cluster(int blocks, int threads, size_t smem_bytes) : sync(blocks * threads), smem(blocks) {
+    // Uninitialized shared memory reads as NaN / garbage, as it may on a GPU.
+    for (auto& bytes : smem) bytes.assign(smem_bytes + 16, 0xFF);
+  }
+  Barrier sync;
+  std::vector<std::vector<unsigned char>> smem;
+};
+inline thread_local Cluster* t_cluster = nullptr;
+inline thread_local int t_cluster_rank = 0;
 
 // Runs kernel<<<grid, block, smem>>>(args...) to completion.
 template <typename... KernelArgs, typename... Args>
@@ -94,6 +113,8 @@ void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, A
         for (int t = 0; t < threads; ++t) {
           pool.emplace_back([&, t] {
             t_block = &ctx;
+            t_dynamic = dynamic_shared().data();
+            t_cluster = nullptr;
             t_linear = t;
             t_thread_idx = uint3{static_cast<unsigned>(t % block.x),
                                  static_cast<unsigned>(t / block.x % block.y),
@@ -107,6 +128,58 @@ void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, A
         for (auto& th : pool) th.join();
       }
 }
+
+// Runs kernel<<<grid, block, smem>>>(args...) for a 1-D grid whose blocks run `group`
+// at a time, all threads of a group concurrently: group = the cluster size for a
+// cluster launch (block rank = blockIdx.x % group), or gridDim.x for a cooperative grid
+// whose blocks spin-wait for each other. Each block has its own dynamic shared memory.
+template <typename... KernelArgs, typename... Args>
+void launch_groups(void (*kernel)(KernelArgs...), unsigned grid, dim3 block, size_t smem, unsigned group,
+                   Args... args) {
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  for (unsigned first = 0; first < grid; first += group) {
+    const unsigned blocks = std::min(group, grid - first);
+    Cluster cluster(static_cast<int>(blocks), threads, smem);
+    std::vector<std::unique_ptr<Block>> ctx;
+    for (unsigned b = 0; b < blocks; ++b) ctx.emplace_back(new Block(threads));
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(blocks) * threads);
+    for (unsigned b = 0; b < blocks; ++b)
+      for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, b, t] {
+          t_block = ctx[b].get();
+          t_dynamic = cluster.smem[b].data();
+          t_cluster = &cluster;
+          t_cluster_rank = static_cast<int>(b);
+          t_linear = t;
+          t_thread_idx = uint3{static_cast<unsigned>(t % block.x), static_cast<unsigned>(t / block.x % block.y),
+                               static_cast<unsigned>(t / (block.x * block.y))};
+          t_block_idx = uint3{first + b, 0, 0};
+          t_block_dim = block;
+          t_grid_dim = dim3(grid);
+          kernel(args...);
+        });
+      }
+    for (auto& th : pool) th.join();
+  }
+}
+
+// The cluster API of csrc/cuda/split_rows.cuh: a barrier over every thread of the
+// cluster (it orders all memory, as the real one's release / acquire does), and the
+// address of the same shared-memory byte in block `rank`.
+inline void cluster_sync() { t_cluster->sync.wait(); }
+inline int cluster_rank() { return t_cluster_rank; }
+inline const void* cluster_map(const void* p, int rank) {
+  const unsigned char* own = t_cluster->smem[t_cluster_rank].data();
+  return t_cluster->smem[rank].data() + (static_cast<const unsigned char*>(p) - own);
+}
+// Global atomics of the workspace exchange, with the C++ memory model's release /
+// acquire (the device's red.release.gpu / ld.acquire.gpu).
+inline void atomic_add_release(unsigned long long* p, unsigned long long v) {
+  __atomic_fetch_add(p, v, __ATOMIC_RELEASE);
+}
+inline unsigned long long load_acquire(const unsigned long long* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+inline void backoff() { std::this_thread::yield(); }
 
 // The kernels' 16-byte global accesses (Note [Per-row vector loads]), counted, with
 // those at an address that is not 16-byte aligned -- a fault on a GPU, silently fine on
@@ -157,4 +230,4 @@ T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width) {
 }
 
 #define GUMBEL_EXT_HOST_EMULATION 1
-inline unsigned char* dynamic_smem() { return simt::dynamic_shared().data(); }
+inline unsigned char* dynamic_smem() { return simt::t_dynamic; }
