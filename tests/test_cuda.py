@@ -411,6 +411,52 @@ def test_default_generator_seed_and_offsets():
     assert torch.equal(a, b)
 
 
+# ------------------------------------------------------- rows split across blocks
+# Note [Split rows] (csrc/cuda/split_rows.cuh): 64 x 128256 runs as 64 x 8 blocks (a
+# cluster per row on sm_90, a cooperative grid with a global exchange on sm_80), x on chip.
+def _kernel_names(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_split_rows_equal_cpu(dtype):
+    x = make_logits((64, 128256), dtype, seed=21)
+    state = rng_state(0xC0FFEE, 64)
+    names = _kernel_names(lambda: forward(x, 0.8, False, -1, state))
+    assert any("split_forward_kernel" in n for n in names), names
+    soft, _ = forward(x, 0.8, False, -1, state)
+    torch.testing.assert_close(soft.cpu(), forward(x.cpu(), 0.8, False, -1, state.cpu())[0], **cpu_tol(dtype, 128256))
+    hard, _ = forward(x, 0.8, True, -1, state)
+    assert torch.equal(hard.cpu(), forward(x.cpu(), 0.8, True, -1, state.cpu())[0])
+    assert torch.equal(ops.sample(x, 1, -1, None, state).cpu(), ops.sample(x.cpu(), 1, -1, None, state.cpu()))
+    again, _ = forward(x, 0.8, False, -1, state)
+    assert torch.equal(again, soft), "the split's fixed fold order is deterministic"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_split_rows_straight_through_equals_soft_bitwise(dtype):
+    x = make_logits((64, 128256), dtype, seed=22)
+    grad = make_logits((64, 128256), dtype, seed=23)
+    tau_rows = (torch.rand(64, 1, generator=torch.Generator().manual_seed(3)) + 0.3).to(acc_dtype(dtype)).cuda()
+    state = rng_state(31, 8)
+    for taus in (None, tau_rows):
+        need = taus is not None
+        y, _ = forward(x, 0.6, False, -1, state, taus)
+        names = _kernel_names(lambda: ops.gumbel_softmax_backward(grad, x, state, 0.6, taus, True, -1, need))
+        assert any("split_backward_kernel" in n for n in names), names
+        soft = ops.gumbel_softmax_backward(grad, y, state, 0.6, taus, False, -1, need)
+        hard = ops.gumbel_softmax_backward(grad, x, state, 0.6, taus, True, -1, need)
+        assert torch.equal(soft[0], hard[0])
+        if need:
+            assert torch.equal(soft[1], hard[1])
+        gl_cpu, _ = ops.gumbel_softmax_backward(grad.cpu(), y.cpu(), state.cpu(), 0.6, None if taus is None else taus.cpu(),
+                                                False, -1, need)
+        torch.testing.assert_close(soft[0].cpu(), gl_cpu, **backward_tol(dtype, 128256, False))
+
+
 # ------------------------------------------------------------------------ CUDA graphs
 def _warm_up(fn):
     side = torch.cuda.Stream()
@@ -423,7 +469,8 @@ def _warm_up(fn):
 
 
 @pytest.mark.parametrize("hard", [False, True])
-@pytest.mark.parametrize("shape,dim", [((32, 100), -1), ((4, 5000), -1), ((4, 30, 6), 1)])
+# (64, 128256): rows split across blocks (cluster or cooperative launch, a workspace memset)
+@pytest.mark.parametrize("shape,dim", [((32, 100), -1), ((4, 5000), -1), ((4, 30, 6), 1), ((64, 128256), -1)])
 def test_graph_replay_fresh_noise_and_equal_to_eager(shape, dim, hard):
     x = make_logits(shape, torch.float32, seed=15)
     grad = make_logits(shape, torch.float32, seed=16)

@@ -120,14 +120,29 @@ __device__ __forceinline__ const T* split_cluster_map(const T* p, int rank) {
 // Release: this thread's earlier writes (its partial) are visible to whoever acquires
 // the counter value it produced. GPU scope: the row's blocks may run on any SM.
 __device__ __forceinline__ void split_publish(unsigned long long* counter) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
   asm volatile("red.release.gpu.add.u64 [%0], 1;" : : "l"(counter) : "memory");
+#else
+  __threadfence();  // pre-Volta: a fence, then a plain atomic
+  atomicAdd(counter, 1ull);
+#endif
 }
 __device__ __forceinline__ unsigned long long split_load_acquire(const unsigned long long* counter) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
   unsigned long long v;
   asm volatile("ld.acquire.gpu.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
   return v;
+#else
+  const unsigned long long v = *static_cast<const volatile unsigned long long*>(counter);
+  __threadfence();
+  return v;
+#endif
 }
-__device__ __forceinline__ void split_backoff() { __nanosleep(64); }
+__device__ __forceinline__ void split_backoff() {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+  __nanosleep(64);
+#endif
+}
 #endif
 
 // ------------------------------------------------------------------ exchange
