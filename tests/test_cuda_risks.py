@@ -24,7 +24,8 @@ pytestmark = [
 ops = torch.ops.gumbel_ext
 
 # Long rows: 32000 fits the opt-in shared memory (227 KiB on Hopper); 70000 and 128256 do
-# not (fp32 x alone is 280 / 513 KB), so the soft forward's second pass regenerates x.
+# not (fp32 x alone is 280 / 513 KB): with so few rows they are split across P blocks
+# (Note [Split rows]: a cluster or a cooperative launch, captured in the graph).
 LONG = [(4, 32000), (2, 70000), (3, 128256)]
 
 
@@ -200,8 +201,8 @@ def test_cpu_and_cuda_agree_bitwise_on_hard_and_sample(shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_every_strategy_small(dtype):
     """One small launch of every strategy: forward soft/hard and backward for warp-per-row
-    (several rows per warp, one row per warp), block-per-row in shared memory and with
-    regenerated noise; a dim that is not last; misaligned rows; sample k = 1 and top-k;
+    (several rows per warp, one row per warp), block-per-row in shared memory, a row
+    split across blocks (2 x 70000: P = 8); a dim that is not last; misaligned rows; sample k = 1 and top-k;
     the noise alone. Cheap enough to run under compute-sanitizer."""
     s = state(3, 0)
     cases = [((37, 7), -1), ((9, 1000), -1), ((3, 4097), -1), ((2, 70000), -1), ((4, 33, 5), 1)]

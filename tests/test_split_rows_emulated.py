@@ -27,6 +27,22 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 THREADS = 64  # per block: small, so that a slice takes several rounds of chunks
 
 
+def matrix(cases, fast):
+    """pytest params for every case; those not in `fast` are marked slow (the full matrix
+    runs under `make test-slow`: every std::thread launch costs)."""
+    return [pytest.param(*c, marks=() if c in fast else pytest.mark.slow,
+                         id=f"{str(c[0]).split('.')[-1]}-{c[1][0]}x{c[1][1]}-P{c[2]}") for c in cases]
+
+
+FORWARD = [(d, s, p) for d in DTYPES for s in SHAPES for p in (2, 4, 8)]
+FORWARD_FAST = {(torch.float32, s, p) for s in SHAPES for p in (2, 4, 8)} | {
+    (torch.float64, SHAPES[0], 4), (torch.float16, SHAPES[1], 8), (torch.bfloat16, SHAPES[0], 2),
+    (torch.float16, SHAPES[2], 2), (torch.bfloat16, SHAPES[1], 4)}
+BACKWARD = [(d, s, p) for d in DTYPES for s in [(3, 8203), (2, 8200)] for p in (2, 8)]
+BACKWARD_FAST = {(torch.float32, (3, 8203), 8), (torch.float32, (2, 8200), 2), (torch.float64, (3, 8203), 2),
+                 (torch.float16, (2, 8200), 8), (torch.bfloat16, (3, 8203), 8)}
+
+
 @pytest.fixture(scope="module")
 def split(emu):
     lib = emu.lib
@@ -74,10 +90,9 @@ def sample_cpu(x, state):
 
 
 # ---------------------------------------------------------------------------- forward
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows,length", SHAPES)
-@pytest.mark.parametrize("parts", [2, 4, 8])
-def test_split_forward_equals_cpu(split, rows, length, parts, dtype):
+@pytest.mark.parametrize("dtype,shape,parts", matrix(FORWARD, FORWARD_FAST))
+def test_split_forward_equals_cpu(split, dtype, shape, parts):
+    rows, length = shape
     x = logits((rows, length), dtype, seed=parts)
     state = state_of(2024 + parts, 8)
     soft = {c: split.forward(x, 0.7, "soft", state, parts, cluster=c) for c in (True, False)}
@@ -126,21 +141,19 @@ def test_split_special_values(split):
     x[4, :-1] = -math.inf
     x[5, 100] = 1e30  # the max in slice 0, NaN-free
     state = state_of(3)
-    for parts in (2, 8):
-        for cluster in (True, False):
-            for mode in ("soft", "hard"):
-                out = split.forward(x, 0.5, mode, state, parts, cluster)
-                want = cpu_forward(x, 0.5, mode == "hard", -1, state)
-                torch.testing.assert_close(out, want, equal_nan=True, **cpu_tol(torch.float32, length))
-            index = split.forward(x, 0.5, "index", state, parts, cluster)
-            assert torch.equal(index, (x + ops.gumbel_noise(x, -1, state)).argmax(-1))
+    for parts, cluster in ((2, True), (8, False), (8, True)):
+        for mode in ("soft", "hard"):
+            out = split.forward(x, 0.5, mode, state, parts, cluster)
+            want = cpu_forward(x, 0.5, mode == "hard", -1, state)
+            torch.testing.assert_close(out, want, equal_nan=True, **cpu_tol(torch.float32, length))
+        index = split.forward(x, 0.5, "index", state, parts, cluster)
+        assert torch.equal(index, (x + ops.gumbel_noise(x, -1, state)).argmax(-1))
 
 
 # --------------------------------------------------------------------------- backward
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows,length", [(3, 8203), (2, 8200)])
-@pytest.mark.parametrize("parts", [2, 8])
-def test_split_backward_equals_cpu_and_straight_through_is_soft(split, rows, length, parts, dtype):
+@pytest.mark.parametrize("dtype,shape,parts", matrix(BACKWARD, BACKWARD_FAST))
+def test_split_backward_equals_cpu_and_straight_through_is_soft(split, dtype, shape, parts):
+    rows, length = shape
     x = logits((rows, length), dtype, seed=7)
     grad = logits((rows, length), dtype, seed=8)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
