@@ -35,12 +35,12 @@ def matrix(cases, fast):
 
 
 FORWARD = [(d, s, p) for d in DTYPES for s in SHAPES for p in (2, 4, 8)]
-FORWARD_FAST = {(torch.float32, s, p) for s in SHAPES for p in (2, 4, 8)} | {
-    (torch.float64, SHAPES[0], 4), (torch.float16, SHAPES[1], 8), (torch.bfloat16, SHAPES[0], 2),
-    (torch.float16, SHAPES[2], 2), (torch.bfloat16, SHAPES[1], 4)}
+FORWARD_FAST = {(torch.float32, SHAPES[0], p) for p in (2, 4, 8)} | {
+    (torch.float32, SHAPES[1], 4), (torch.float32, SHAPES[2], 8), (torch.float64, SHAPES[0], 4),
+    (torch.float16, SHAPES[1], 8), (torch.bfloat16, SHAPES[0], 2)}
 BACKWARD = [(d, s, p) for d in DTYPES for s in [(3, 8203), (2, 8200)] for p in (2, 8)]
-BACKWARD_FAST = {(torch.float32, (3, 8203), 8), (torch.float32, (2, 8200), 2), (torch.float64, (3, 8203), 2),
-                 (torch.float16, (2, 8200), 8), (torch.bfloat16, (3, 8203), 8)}
+BACKWARD_FAST = {(torch.float32, (3, 8203), 8), (torch.float64, (3, 8203), 2), (torch.float16, (2, 8200), 8),
+                 (torch.bfloat16, (2, 8200), 2)}
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_split_special_values(split):
     x[4, :-1] = -math.inf
     x[5, 100] = 1e30  # the max in slice 0, NaN-free
     state = state_of(3)
-    for parts, cluster in ((2, True), (8, False), (8, True)):
+    for parts, cluster in ((2, True), (8, False)):
         for mode in ("soft", "hard"):
             out = split.forward(x, 0.5, mode, state, parts, cluster)
             want = cpu_forward(x, 0.5, mode == "hard", -1, state)

@@ -6,15 +6,16 @@
 // `static` local is exactly a block's __shared__ array. launch_groups runs groups of
 // blocks at once instead -- a thread-block cluster, or a cooperative grid -- each block
 // with its own dynamic shared memory (kernels run that way keep everything there), with
-// the cluster's barrier, its distributed shared memory, and global atomics. __syncthreads and the warp
-// shuffles are barriers over the block / the warp: a kernel that lets some lanes skip a
-// shuffle or some threads skip a __syncthreads hangs here, and the barrier's timeout
-// reports it. What it cannot show: GPU timing, the memory model, and the device libm's
+// the cluster's barrier, its distributed shared memory, and global atomics.
+// __syncthreads and the warp shuffles are barriers over the block / the warp: a kernel
+// that lets some lanes skip a shuffle or some threads skip a __syncthreads hangs here,
+// and the barrier's timeout reports it. What it cannot show: GPU timing, the memory model, and the device libm's
 // last-ulp differences (host expf/logf are used).
 #pragma once
 
 #include <cuda_runtime.h>  // dim3, uint3; __global__ & co. are defined empty for the host
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -23,7 +24,6 @@
 #include <memory>
 #include <mutex>
 #include <thread>
-#include <algorithm>
 #include <vector>
 
 namespace simt {
