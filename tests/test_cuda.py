@@ -460,6 +460,51 @@ def test_split_rows_straight_through_equals_soft_bitwise(dtype):
         torch.testing.assert_close(soft[0].cpu(), gl_cpu, **backward_tol(dtype, 128256, False))
 
 
+_SPLIT_OUTPUTS = """
+import sys, torch
+import gumbel_ext  # noqa: F401 (registers the ops)
+ops = torch.ops.gumbel_ext
+gen = torch.Generator().manual_seed(24)
+x = (torch.randn(64, 128256, generator=gen) * 3).cuda()
+grad = torch.randn(64, 128256, generator=gen).cuda()
+state = torch.tensor([41, 16], dtype=torch.int64, device="cuda")
+soft, _ = ops.gumbel_softmax_forward(x, 0.7, None, False, -1, None, state)
+hard, _ = ops.gumbel_softmax_forward(x, 0.7, None, True, -1, None, state)
+index = ops.sample(x, 1, -1, None, state)
+soft_bwd = ops.gumbel_softmax_backward(grad, soft, state, 0.7, None, False, -1, False)[0]
+hard_bwd = ops.gumbel_softmax_backward(grad, x, state, 0.7, None, True, -1, False)[0]
+torch.save({k: v.cpu() for k, v in dict(soft=soft, hard=hard, index=index, soft_bwd=soft_bwd,
+                                        hard_bwd=hard_bwd).items()}, sys.argv[1])
+"""
+
+
+def _split_outputs(tmp_path, setting):
+    """The outputs of _SPLIT_OUTPUTS in a fresh process with GUMBEL_EXT_SPLIT=setting
+    (read once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / f"{setting}.pt"
+    env = dict(os.environ, GUMBEL_EXT_SPLIT=setting)
+    subprocess.run([sys.executable, "-c", _SPLIT_OUTPUTS, str(out)], env=env, check=True, timeout=300)
+    return torch.load(out)
+
+
+def test_split_exchanges_agree_bitwise_and_match_one_block_per_row(tmp_path):
+    """GUMBEL_EXT_SPLIT=workspace runs the sm_80 exchange (global workspace, cooperative
+    launch, release/acquire counters) on this GPU: the same bits as the default exchange
+    (the fold order is the same). GUMBEL_EXT_SPLIT=off runs one block per row: the same
+    one-hots and indices, soft values within rounding."""
+    auto, workspace, off = (_split_outputs(tmp_path, s) for s in ("auto", "workspace", "off"))
+    for key in auto:
+        assert torch.equal(auto[key], workspace[key]), key
+    assert torch.equal(auto["hard"], off["hard"]) and torch.equal(auto["index"], off["index"])
+    assert torch.equal(auto["soft_bwd"], auto["hard_bwd"])  # Note [Regenerated y_soft]
+    torch.testing.assert_close(auto["soft"], off["soft"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(auto["soft_bwd"], off["soft_bwd"], rtol=1e-4, atol=1e-6)
+
+
 # ------------------------------------------------------------------------ CUDA graphs
 def _warm_up(fn):
     side = torch.cuda.Stream()

@@ -4,6 +4,9 @@
 // (the workspace's counters are zeroed by a memset on the stream).
 #include <c10/cuda/CUDACachingAllocator.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "split_backward_kernels.cuh"
 #include "split_forward_kernels.cuh"
 #include "split_rows.h"
@@ -16,6 +19,22 @@ struct SplitDeviceInfo {
   SplitDevice caps;
   bool clusters = false;
 };
+
+// GUMBEL_EXT_SPLIT, read once per process: unset or "auto" splits as choose_split says;
+// "off" never splits (the block-per-row kernels, for A/B measurements); "workspace" uses
+// the sm_80 exchange on every device, so that one sm_90 GPU tests both exchanges.
+enum class SplitSetting { kAuto, kOff, kWorkspace };
+
+SplitSetting split_setting() {
+  static const SplitSetting setting = [] {
+    const char* v = std::getenv("GUMBEL_EXT_SPLIT");
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return SplitSetting::kAuto;
+    if (std::strcmp(v, "off") == 0) return SplitSetting::kOff;
+    TORCH_CHECK(std::strcmp(v, "workspace") == 0, "GUMBEL_EXT_SPLIT must be auto, off or workspace, got '", v, "'");
+    return SplitSetting::kWorkspace;
+  }();
+  return setting;
+}
 
 // Per device, read once: SMs, the shared memory opt-in, and whether clusters exist.
 // Clusters stay at the portable size 8 (a non-portable 16 depends on how a GPC's SMs
@@ -31,10 +50,10 @@ const SplitDeviceInfo& split_device() {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device));
-    info.clusters = major >= 9 && cluster_launch != 0;
+    info.clusters = major >= 9 && cluster_launch != 0 && split_setting() == SplitSetting::kAuto;
     info.caps.sms = sms;
     info.caps.smem_bytes = max_block_smem();
-    info.caps.max_parts = info.clusters ? kMaxPortableSplit : kMaxSplit;
+    info.caps.max_parts = split_setting() == SplitSetting::kOff ? 0 : info.clusters ? kMaxPortableSplit : kMaxSplit;
     cache[device] = info;  // the same values whichever thread writes them
     ready[device].store(true, std::memory_order_release);
   }
