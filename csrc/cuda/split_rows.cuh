@@ -14,8 +14,8 @@
 // slice from shared memory. Two exchanges:
 //   - sm_90: the P blocks form a thread-block cluster; a block reads the others'
 //     partials from their shared memory (distributed shared memory) after a cluster
-//     barrier, and a second barrier at the end of the row keeps every block (and its
-//     shared memory) alive until the others have read it.
+//     barrier (one per exchange, two alternating slot sets), and a last barrier keeps
+//     every block (and its shared memory) alive until the others have read it.
 //   - sm_80 (no clusters): the partials go through a small global workspace; thread 0
 //     of each block publishes its partial with a release add on its row group's counter
 //     and waits (acquire) until all P have arrived. Spinning needs every block of a
@@ -46,8 +46,8 @@ constexpr int64_t kSplitSliceBytes = 64 * 1024;
 // share an SM.
 constexpr int kSplitThreads = 256;
 constexpr int kSplitBlocksPerSM = 3;
-// P is at most 8, the portable cluster size, or 16 where the device allows non-portable
-// clusters (and on the workspace path).
+// P is at most 8 with clusters (the portable cluster size; a non-portable 16 would
+// depend on how a GPC's SMs are laid out), 16 with the workspace exchange.
 constexpr int kMaxPortableSplit = 8;
 constexpr int kMaxSplit = 16;
 // Exchange slots: 16 bytes each (MaxSum / ArgMax of double), two per kind of exchange
