@@ -39,19 +39,8 @@ std::tuple<at::Tensor, at::Tensor> sample_filtered_cpu(
   check_num_samples(logits, num_samples, layout);
   cpu::SampleArgs a{};
   a.dtype = logits.scalar_type();
-  a.rows = layout.rows();
-  a.length = layout.length;
-  a.num_samples = num_samples;
-  a.temperature = temperature;
-  a.top_k = top_k;
-  a.top_p = top_p;
-  a.min_p = min_p;
-  a.temperature_rows = sampler_rows_f64(temperature_rows, "temperature", logits, a.rows);
-  a.top_p_rows = sampler_rows_f64(top_p_rows, "top_p", logits, a.rows);
-  a.min_p_rows = sampler_rows_f64(min_p_rows, "min_p", logits, a.rows);
-  a.top_k_rows = sampler_rows_i64(top_k_rows, "top_k", logits, a.rows);
-  a.seeds = sampler_rows_i64(seeds, "seeds", logits, a.rows);
-  a.offsets = sampler_rows_i64(offsets, "offsets", logits, a.rows);
+  unpack_sampler_args(a, logits, layout.rows(), layout.length, num_samples, temperature, temperature_rows, top_k,
+                      top_k_rows, top_p, top_p_rows, min_p, min_p_rows, seeds, offsets);
   if (!a.seeds) {
     // One fresh key from the generator, as sample() draws it (csrc/ops.cpp).
     auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());

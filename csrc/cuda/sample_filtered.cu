@@ -67,19 +67,8 @@ std::tuple<at::Tensor, at::Tensor> sample_filtered_cuda(
     using key_t = typename cuda::KeyOf<acc_t>::type;
     cuda::SampleFilteredArgs<scalar_t> a;
     a.logits = x.const_data_ptr<scalar_t>();
-    a.rows = rows;
-    a.length = length;
-    a.num_samples = num_samples;
-    a.temperature = temperature;
-    a.top_k = top_k;
-    a.top_p = top_p;
-    a.min_p = min_p;
-    a.temperature_rows = sampler_rows_f64(temperature_rows, "temperature", logits, rows);
-    a.top_p_rows = sampler_rows_f64(top_p_rows, "top_p", logits, rows);
-    a.min_p_rows = sampler_rows_f64(min_p_rows, "min_p", logits, rows);
-    a.top_k_rows = sampler_rows_i64(top_k_rows, "top_k", logits, rows);
-    a.seeds = sampler_rows_i64(seeds, "seeds", logits, rows);
-    a.offsets = sampler_rows_i64(offsets, "offsets", logits, rows);
+    unpack_sampler_args(a, logits, rows, length, num_samples, temperature, temperature_rows, top_k, top_k_rows,
+                        top_p, top_p_rows, min_p, min_p_rows, seeds, offsets);
     a.indices = idx.mutable_data_ptr<int64_t>();
     a.logprobs = return_logprobs ? lp.mutable_data_ptr<float>() : nullptr;
     a.mass_shift = cuda::sampler_mass_shift(length);
