@@ -149,17 +149,18 @@ inline bool short_rows(const KernelArgs& a) {
 }
 
 // tile[c * kLanes + j] = rows[j * row_stride + c] for the first n rows, and back
-// (from_tile: rows `length` apart).
+// (from_tile: rows `length` apart). Block transposes (AVX2's 8x8 float one where the
+// block is full): element by element, these copies cost as much as the argmax of a
+// 10-category row (a 256x10 hard forward + backward transposes five times per set).
 template <typename T>
 void to_tile(const T* rows, int64_t row_stride, int64_t length, int n, T* tile) {
-  for (int j = 0; j < n; ++j)
-    for (int64_t c = 0; c < length; ++c) tile[c * kLanes + j] = rows[j * row_stride + c];
+  transpose_rows(rows, row_stride, n, length, tile, kLanes);
 }
 
 template <typename T>
 void from_tile(const T* tile, int64_t length, int n, T* rows) {
-  for (int j = 0; j < n; ++j)
-    for (int64_t c = 0; c < length; ++c) rows[j * length + c] = tile[c * kLanes + j];
+  // The tile's rows are the columns c: transposing `length` of them (n values each) back.
+  transpose_rows(tile, kLanes, static_cast<int>(length), n, rows, length);
 }
 
 // Runs group(tile_args, gr, buf) for every kLanes rows of a short-row problem; the group
