@@ -22,50 +22,27 @@
 namespace gumbel_ext {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> sample_filtered_cpu(
-    const at::Tensor& logits, int64_t num_samples, int64_t dim, double temperature,
-    const std::optional<at::Tensor>& temperature_rows, int64_t top_k, const std::optional<at::Tensor>& top_k_rows,
-    double top_p, const std::optional<at::Tensor>& top_p_rows, double min_p,
-    const std::optional<at::Tensor>& min_p_rows, const std::optional<at::Tensor>& seeds,
-    const std::optional<at::Tensor>& offsets, bool return_logprobs, std::optional<at::Generator> generator) {
-  check_sampler_args(logits, dim, seeds, offsets, generator);
-  const RowLayout layout = row_layout(logits, dim);
-  const auto shape = sample_shape(logits, dim, num_samples);
-  const auto lp_options = logits.options().dtype(at::kFloat);
-  if (layout.rows() == 0) {
-    return {at::empty(shape, logits.options().dtype(at::kLong)),
-            return_logprobs ? at::empty(shape, lp_options) : at::empty({0}, lp_options)};
-  }
-  check_num_samples(logits, num_samples, layout);
+SamplerResult sample_filtered_cpu(const SamplerCall& c) {
+  check_sampler_args(c);
+  const RowLayout layout = row_layout(c.logits, c.dim);
+  if (layout.rows() == 0) return empty_sample(c);
+  check_num_samples(c.logits, c.num_samples, layout);
   cpu::SampleArgs a{};
-  a.dtype = logits.scalar_type();
-  a.rows = layout.rows();
-  a.length = layout.length;
-  a.num_samples = num_samples;
-  a.temperature = temperature;
-  a.top_k = top_k;
-  a.top_p = top_p;
-  a.min_p = min_p;
-  a.temperature_rows = sampler_rows_f64(temperature_rows, "temperature", logits, a.rows);
-  a.top_p_rows = sampler_rows_f64(top_p_rows, "top_p", logits, a.rows);
-  a.min_p_rows = sampler_rows_f64(min_p_rows, "min_p", logits, a.rows);
-  a.top_k_rows = sampler_rows_i64(top_k_rows, "top_k", logits, a.rows);
-  a.seeds = sampler_rows_i64(seeds, "seeds", logits, a.rows);
-  a.offsets = sampler_rows_i64(offsets, "offsets", logits, a.rows);
+  a.dtype = c.logits.scalar_type();
+  unpack_sampler_args(a, c, layout);
   if (!a.seeds) {
     // One fresh key from the generator, as sample() draws it (csrc/ops.cpp).
-    auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+    auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(c.generator, at::detail::getDefaultCPUGenerator());
     std::lock_guard<std::mutex> lock(gen->mutex_);
     a.seed = gen->random64();
   }
   // Rows along the last dim, contiguous: the kernel walks rows only.
-  const at::Tensor rows = sampler_rows(logits, dim, layout);
-  at::Tensor idx = at::empty({a.rows, num_samples}, logits.options().dtype(at::kLong));
-  at::Tensor lp = return_logprobs ? at::empty({a.rows, num_samples}, lp_options) : at::empty({0}, lp_options);
+  const at::Tensor rows = sampler_rows(c.logits, c.dim, layout);
+  at::Tensor idx, lp;
+  std::tie(idx, lp) = sample_outputs(c, a.rows);
   cpu::sample_filtered(a, rows.const_data_ptr(), idx.mutable_data_ptr<int64_t>(),
-                       return_logprobs ? lp.mutable_data_ptr<float>() : nullptr);
-  return {sample_from_rows(idx, logits, dim, layout, num_samples),
-          return_logprobs ? sample_from_rows(lp, logits, dim, layout, num_samples) : lp};
+                       c.return_logprobs ? lp.mutable_data_ptr<float>() : nullptr);
+  return sample_results(c, layout, idx, lp);
 }
 
 }  // namespace
@@ -78,7 +55,7 @@ TORCH_LIBRARY_FRAGMENT(gumbel_ext, m) {
 }
 
 TORCH_LIBRARY_IMPL(gumbel_ext, CPU, m) {
-  m.impl("sample_filtered", &sample_filtered_cpu);
+  m.impl("sample_filtered", &sample_filtered_entry<&sample_filtered_cpu>);
 }
 
 }  // namespace gumbel_ext

@@ -47,6 +47,15 @@ def _sample_shape(logits: torch.Tensor, num_samples: int, dim: int) -> List[int]
     return shape
 
 
+def _broadcasts_to(shape, target: List[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (a per-row argument
+    must not widen the logits' shape)."""
+    try:
+        return list(torch.broadcast_shapes(shape, target)) == target
+    except RuntimeError:
+        return False
+
+
 def _check_same_device(expected: torch.Tensor, expected_name: str, **tensors: Optional[torch.Tensor]) -> None:
     """Every tensor argument on ``expected``'s device, in the order given, with the message
     of check_same_device in csrc/op_common.h. The fakes are also the ops' Meta kernels, and

@@ -69,11 +69,7 @@ def _tau_args(logits: torch.Tensor, tau: Tau, dim: int) -> Tuple[float, Optional
         keep = list(logits.shape)
         if keep:
             keep[dim] = 1
-        try:
-            fits = list(torch.broadcast_shapes(tau.shape, keep)) == keep
-        except RuntimeError:
-            fits = False
-        if not fits:
+        if not _ops._broadcasts_to(tau.shape, keep):
             raise ValueError(
                 f"gumbel_ext: tau of shape {tuple(tau.shape)} must be 0-dim or broadcastable to "
                 f"the logits' shape with dim {dim} of size 1, {tuple(keep)}"

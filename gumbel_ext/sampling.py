@@ -69,11 +69,7 @@ def _rows_tensor(name: str, t: torch.Tensor, logits: torch.Tensor, dim: int, dty
     if t.device != logits.device:
         raise ValueError(f"gumbel_ext.sample: {name} is on {t.device} but logits are on {logits.device}")
     rows = _row_shape(logits, dim)
-    try:
-        fits = list(torch.broadcast_shapes(t.shape, rows)) == rows
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not _ops._broadcasts_to(t.shape, rows):
         raise ValueError(
             f"gumbel_ext.sample: {name} of shape {tuple(t.shape)} must be broadcastable to the logits' "
             f"shape without dim {dim}, {tuple(rows)} (one value per row)"

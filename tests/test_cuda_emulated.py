@@ -13,19 +13,15 @@ equal the CPU kernels' exactly. tests/test_cuda.py runs the real thing on a GPU.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
 from gumbel_ext import _ops, reference
+from helpers import ROOT, emulation_library
+from helpers import ptr as _p
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cuh")) + [
     ROOT / "csrc" / "cuda" / "kernels.h",
     ROOT / "csrc" / "gumbel_noise.h",
@@ -45,18 +41,6 @@ TOL = {
 pytestmark = pytest.mark.skipif(not _ops.has_kernel(torch.device("cpu")), reason="the CPU extension is not built")
 
 
-def _cuda_include() -> Path | None:
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
-    candidates.append("/usr/local/cuda")
-    for home in candidates:
-        if home and (Path(home) / "include" / "cuda_runtime.h").is_file():
-            return Path(home) / "include"
-    return None
-
-
 @pytest.fixture(autouse=True)
 def _cpu_default_copy():
     """The emulator runs the soft kernels with the host's libm expf, as the CPU kernels'
@@ -71,34 +55,7 @@ def _cpu_default_copy():
 
 @pytest.fixture(scope="module")
 def emu():
-    include = _cuda_include()
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if include is None or cxx is None:
-        pytest.skip("the emulation needs the CUDA headers (cuda_runtime.h) and a C++ compiler")
-    from torch.utils.cpp_extension import include_paths, library_paths
-
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + torch.__version__.encode()).hexdigest()[:16]
-    out_dir = ROOT / "build" / "cuda-emulation"
-    lib_path = out_dir / f"harness-{digest}.so"
-    if not lib_path.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stand_in = out_dir / "include" / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
-        stand_in.parent.mkdir(parents=True, exist_ok=True)
-        stand_in.write_text("#define C10_CUDA_BUILD_SHARED_LIBS\n")
-        torch_lib = library_paths()[0]
-        cmd = [cxx, "-std=c++17", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-c++20-extensions",
-               "-o", str(lib_path) + ".tmp", str(ROOT / "tests" / "emulation" / "harness.cpp"),
-               f"-I{ROOT / 'csrc' / 'cuda'}", f"-I{out_dir / 'include'}", f"-I{include}"]
-        cmd += [f"-I{d}" for d in include_paths()]
-        cmd += [f"-L{torch_lib}", "-lc10", f"-Wl,-rpath,{torch_lib}"]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.returncode == 0, "building the emulation harness failed:\n" + proc.stdout
-        os.replace(str(lib_path) + ".tmp", lib_path)
-    return Emulator(ctypes.CDLL(str(lib_path)))
-
-
-def _p(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    return Emulator(emulation_library("harness.cpp", SOURCES, "harness"))
 
 
 def layout(shape, dim):

@@ -9,19 +9,14 @@ boundary must go the same way. tests/test_sampler_cuda.py runs the real kernel o
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
 from gumbel_ext import _ops
-from test_cuda_emulated import _cuda_include, _p
+from helpers import ROOT, emulation_library
+from helpers import ptr as _p
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [
     ROOT / "csrc" / "cuda" / "sample_filtered_kernels.cuh",
     ROOT / "csrc" / "cuda" / "common.cuh",
@@ -50,31 +45,7 @@ def _cpu_avx_copy():
 
 @pytest.fixture(scope="module")
 def emu():
-    include = _cuda_include()
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if include is None or cxx is None:
-        pytest.skip("the emulation needs the CUDA headers (cuda_runtime.h) and a C++ compiler")
-    from torch.utils.cpp_extension import include_paths, library_paths
-
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + torch.__version__.encode()).hexdigest()[:16]
-    out_dir = ROOT / "build" / "cuda-emulation"
-    lib_path = out_dir / f"sampler-harness-{digest}.so"
-    if not lib_path.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stand_in = out_dir / "include" / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
-        stand_in.parent.mkdir(parents=True, exist_ok=True)
-        stand_in.write_text("#define C10_CUDA_BUILD_SHARED_LIBS\n")
-        torch_lib = library_paths()[0]
-        cmd = [cxx, "-std=c++17", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-c++20-extensions",
-               "-o", str(lib_path) + ".tmp", str(ROOT / "tests" / "emulation" / "sampler_harness.cpp"),
-               f"-I{ROOT / 'csrc' / 'cuda'}", f"-I{ROOT / 'tests' / 'emulation'}", f"-I{out_dir / 'include'}",
-               f"-I{include}"]
-        cmd += [f"-I{d}" for d in include_paths()]
-        cmd += [f"-L{torch_lib}", "-lc10", f"-Wl,-rpath,{torch_lib}"]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.returncode == 0, "building the sampler emulation harness failed:\n" + proc.stdout
-        os.replace(str(lib_path) + ".tmp", lib_path)
-    lib = ctypes.CDLL(str(lib_path))
+    lib = emulation_library("sampler_harness.cpp", SOURCES, "sampler-harness")
     i64, f64, vp, i32 = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
     lib.emu_sample_filtered.argtypes = [i32, vp, i64, i64, i64, f64, vp, i64, vp, f64, vp, f64, vp, vp, vp, vp, vp,
                                         vp, i64]

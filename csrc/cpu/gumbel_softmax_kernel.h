@@ -149,17 +149,31 @@ inline bool short_rows(const KernelArgs& a) {
 }
 
 // tile[c * kLanes + j] = rows[j * row_stride + c] for the first n rows, and back
-// (from_tile: rows `length` apart).
+// (from_tile: rows `length` apart). A full set's whole 8x8 blocks go through
+// transpose_block (AVX2's 8x8 float transpose); the rest element by element, which for so
+// few columns is cheaper than at::vec's generic transpose. Element by element throughout,
+// these copies cost as much as the argmax of a 10-category row (a 256x10 hard forward +
+// backward transposes five times per set).
 template <typename T>
 void to_tile(const T* rows, int64_t row_stride, int64_t length, int n, T* tile) {
+  int64_t c0 = 0;
+  if (n == kLanes) {
+    for (; c0 + kLanes <= length; c0 += kLanes)
+      transpose_block(rows + c0, row_stride, tile + c0 * kLanes, kLanes, kLanes, kLanes);
+  }
   for (int j = 0; j < n; ++j)
-    for (int64_t c = 0; c < length; ++c) tile[c * kLanes + j] = rows[j * row_stride + c];
+    for (int64_t c = c0; c < length; ++c) tile[c * kLanes + j] = rows[j * row_stride + c];
 }
 
 template <typename T>
 void from_tile(const T* tile, int64_t length, int n, T* rows) {
+  int64_t c0 = 0;
+  if (n == kLanes) {
+    for (; c0 + kLanes <= length; c0 += kLanes)
+      transpose_block(tile + c0 * kLanes, kLanes, rows + c0, length, kLanes, kLanes);
+  }
   for (int j = 0; j < n; ++j)
-    for (int64_t c = 0; c < length; ++c) rows[j * length + c] = tile[c * kLanes + j];
+    for (int64_t c = c0; c < length; ++c) rows[j * length + c] = tile[c * kLanes + j];
 }
 
 // Runs group(tile_args, gr, buf) for every kLanes rows of a short-row problem; the group

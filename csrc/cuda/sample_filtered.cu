@@ -24,79 +24,57 @@
 namespace gumbel_ext {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> sample_filtered_cuda(
-    const at::Tensor& logits, int64_t num_samples, int64_t dim, double temperature,
-    const std::optional<at::Tensor>& temperature_rows, int64_t top_k, const std::optional<at::Tensor>& top_k_rows,
-    double top_p, const std::optional<at::Tensor>& top_p_rows, double min_p,
-    const std::optional<at::Tensor>& min_p_rows, const std::optional<at::Tensor>& seeds,
-    const std::optional<at::Tensor>& offsets, bool return_logprobs, std::optional<at::Generator> generator) {
-  check_sampler_args(logits, dim, seeds, offsets, generator);
+SamplerResult sample_filtered_cuda(const SamplerCall& c) {
+  check_sampler_args(c);
   // The scalars are checked here; per-row values are not read on the host (Note [CUDA
   // sampler bad rows] in sample_filtered_kernels.cuh).
-  TORCH_CHECK_VALUE(temperature >= 0 && std::isfinite(temperature),
-                    "gumbel_ext.sample: temperature must be finite and >= 0, got ", temperature);
-  TORCH_CHECK_VALUE(top_k >= 0, "gumbel_ext.sample: top_k must be >= 0, got ", top_k);
-  TORCH_CHECK_VALUE(top_p > 0 && top_p <= 1, "gumbel_ext.sample: top_p must be in (0, 1], got ", top_p);
-  TORCH_CHECK_VALUE(min_p >= 0 && min_p <= 1, "gumbel_ext.sample: min_p must be in [0, 1], got ", min_p);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const RowLayout layout = row_layout(logits, dim);
-  const auto shape = sample_shape(logits, dim, num_samples);
-  const auto lp_options = logits.options().dtype(at::kFloat);
-  if (layout.rows() == 0) {
-    return {at::empty(shape, logits.options().dtype(at::kLong)),
-            return_logprobs ? at::empty(shape, lp_options) : at::empty({0}, lp_options)};
-  }
-  check_num_samples(logits, num_samples, layout);
-  TORCH_CHECK_VALUE(num_samples <= cuda::kSamplerMaxDrawn, "gumbel_ext.sample: the fused CUDA sampler draws at most ",
-                    cuda::kSamplerMaxDrawn, " samples per row, got num_samples=", num_samples,
+  TORCH_CHECK_VALUE(c.temperature >= 0 && std::isfinite(c.temperature),
+                    "gumbel_ext.sample: temperature must be finite and >= 0, got ", c.temperature);
+  TORCH_CHECK_VALUE(c.top_k >= 0, "gumbel_ext.sample: top_k must be >= 0, got ", c.top_k);
+  TORCH_CHECK_VALUE(c.top_p > 0 && c.top_p <= 1, "gumbel_ext.sample: top_p must be in (0, 1], got ", c.top_p);
+  TORCH_CHECK_VALUE(c.min_p >= 0 && c.min_p <= 1, "gumbel_ext.sample: min_p must be in [0, 1], got ", c.min_p);
+  const c10::cuda::CUDAGuard guard(c.logits.device());
+  const RowLayout layout = row_layout(c.logits, c.dim);
+  if (layout.rows() == 0) return empty_sample(c);
+  check_num_samples(c.logits, c.num_samples, layout);
+  TORCH_CHECK_VALUE(c.num_samples <= cuda::kSamplerMaxDrawn,
+                    "gumbel_ext.sample: the fused CUDA sampler draws at most ", cuda::kSamplerMaxDrawn,
+                    " samples per row, got num_samples=", c.num_samples,
                     " (gumbel_ext.sample routes larger counts to the reference)");
   const int64_t rows = layout.rows(), length = layout.length;
-  const at::Tensor x = sampler_rows(logits, dim, layout);
-  at::Tensor idx = at::empty({rows, num_samples}, logits.options().dtype(at::kLong));
-  at::Tensor lp = return_logprobs ? at::empty({rows, num_samples}, lp_options) : at::empty({0}, lp_options);
+  const at::Tensor x = sampler_rows(c.logits, c.dim, layout);
+  at::Tensor idx, lp;
+  std::tie(idx, lp) = sample_outputs(c, rows);
   cuda::Rng rng;
-  if (!seeds.has_value()) {
+  if (!c.seeds.has_value()) {
     auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator(logits.device().index()));
+        c.generator, at::cuda::detail::getDefaultCUDAGenerator(c.logits.device().index()));
     std::lock_guard<std::mutex> lock(gen->mutex_);
     rng.philox = gen->philox_cuda_state(philox_increment(static_cast<uint64_t>(length)));
   }
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(logits.device().index()).stream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(c.logits.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gumbel_sample_filtered_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using key_t = typename cuda::KeyOf<acc_t>::type;
     cuda::SampleFilteredArgs<scalar_t> a;
     a.logits = x.const_data_ptr<scalar_t>();
-    a.rows = rows;
-    a.length = length;
-    a.num_samples = num_samples;
-    a.temperature = temperature;
-    a.top_k = top_k;
-    a.top_p = top_p;
-    a.min_p = min_p;
-    a.temperature_rows = sampler_rows_f64(temperature_rows, "temperature", logits, rows);
-    a.top_p_rows = sampler_rows_f64(top_p_rows, "top_p", logits, rows);
-    a.min_p_rows = sampler_rows_f64(min_p_rows, "min_p", logits, rows);
-    a.top_k_rows = sampler_rows_i64(top_k_rows, "top_k", logits, rows);
-    a.seeds = sampler_rows_i64(seeds, "seeds", logits, rows);
-    a.offsets = sampler_rows_i64(offsets, "offsets", logits, rows);
+    unpack_sampler_args(a, c, layout);
     a.indices = idx.mutable_data_ptr<int64_t>();
-    a.logprobs = return_logprobs ? lp.mutable_data_ptr<float>() : nullptr;
+    a.logprobs = c.return_logprobs ? lp.mutable_data_ptr<float>() : nullptr;
     a.mass_shift = cuda::sampler_mass_shift(length);
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::kMaxGrid));
-    const size_t smem = cuda::sampler_dynamic_smem(num_samples, sizeof(key_t), sizeof(acc_t));
+    const size_t smem = cuda::sampler_dynamic_smem(c.num_samples, sizeof(key_t), sizeof(acc_t));
     cuda::sample_filtered_kernel<scalar_t>
         <<<grid, cuda::sampler_block_threads(length), smem, stream>>>(a, rng);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {sample_from_rows(idx, logits, dim, layout, num_samples),
-          return_logprobs ? sample_from_rows(lp, logits, dim, layout, num_samples) : lp};
+  return sample_results(c, layout, idx, lp);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gumbel_ext, CUDA, m) {
-  m.impl("sample_filtered", &sample_filtered_cuda);
+  m.impl("sample_filtered", &sample_filtered_entry<&sample_filtered_cuda>);
 }
 
 }  // namespace gumbel_ext

@@ -19,15 +19,14 @@ float rounding, not bit for bit)."""
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 from .. import sampling
-from ..functional import _check_generator, _check_logits, _wrap_dim
-from . import _comm, _dtensor, _layout, _noise
+from ..functional import _check_logits, _wrap_dim
+from . import _args, _comm, _dtensor, _layout, _noise
 
 _NAME = "gumbel_ext.distributed.sample"
 _PAD_INDEX = float(2**53)  # a pad candidate's index: after every real one on ties
@@ -151,8 +150,7 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
     device = local_logits.device if isinstance(local_logits, torch.Tensor) else torch.device("cpu")
     error = None
     x = None
-    key = key_offset = 0
-    seeded = False
+    nk = _args.NoiseKey()
     mode = params = 0
     try:
         _check_logits(local_logits, "distributed.sample")
@@ -165,10 +163,7 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
             raise NotImplementedError(f"{_NAME}: the filters {', '.join(filters)} are not supported "
                                       "vocabulary-parallel yet (docs/distributed.md); gather the logits and "
                                       "call gumbel_ext.sample")
-        if column_offset is not None and (isinstance(column_offset, bool) or not isinstance(
-                column_offset, numbers.Integral) or column_offset < 0):
-            raise ValueError(f"{_NAME}: column_offset must be an int >= 0, got {column_offset!r}")
-        _check_generator(generator, x)
+        _args.check_placement(_NAME, x, column_offset, generator)
         plain = (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 1.0
                  and seeds is None and offsets is None and top_k is None and return_logprobs is False)
         k_val, k_rows = sampling._scalar_or_rows("top_k", top_k, 0, x, dim, True, lambda t: t >= 0,
@@ -178,38 +173,17 @@ def _sample(local_logits: torch.Tensor, num_samples: int = 1, dim: int = -1, *, 
             lambda t: sampling._finite(t) & (t >= 0), "finite and >= 0")
         if not isinstance(return_logprobs, bool):
             raise TypeError(f"{_NAME}: return_logprobs must be a bool, got {type(return_logprobs).__name__}")
-        if offsets is not None and seeds is None:
-            raise ValueError(f"{_NAME}: offsets given without seeds; pass seeds (offsets default to 0)")
-        if seeds is not None:
-            if generator is not None:
-                raise ValueError(f"{_NAME}: pass seeds/offsets or a generator, not both")
-            for n, t in (("seeds", seeds), ("offsets", offsets)):
-                if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != torch.int64):
-                    raise TypeError(f"{_NAME}: {n} must be an int64 tensor")
-            seeds = sampling._rows_tensor("seeds", seeds, x, dim, torch.int64, True)
-            offsets = (torch.zeros_like(seeds) if offsets is None
-                       else sampling._rows_tensor("offsets", offsets, x, dim, torch.int64, True))
-            if offsets.numel() and bool((offsets < 0).any()):
-                raise ValueError(f"{_NAME}: every entry of offsets must be >= 0")
-            seeded = True
-            key, key_offset = _layout.tensor_hash(seeds), _layout.tensor_hash(offsets)
-        elif _layout.has_rows(x, dim):  # as the unsharded op: a key whenever there are rows
-            key, key_offset = _noise.read_key(device, generator)
-            if _reference_sampler(device, plain):
-                key_offset = 0  # the reference sampler keys rows by the seed alone (reference.row_keys)
+        nk = _args.noise_key(_NAME, x, dim, device, seeds, offsets, generator)
+        if not nk.seeded and _reference_sampler(device, plain):
+            nk.key_offset = 0  # the reference sampler keys rows by the seed alone (reference.row_keys)
         mode = num_samples * 4 + int(plain) * 2 + int(return_logprobs)
         params = (_layout.float_bits(temp) ^ _layout.tensor_hash(temp_rows) ^ (k_val * 0x9E3779B97F4A7C1)
                   ^ (_layout.tensor_hash(k_rows) * 3)) & ((1 << 63) - 1)
     except Exception as e:  # reported to every rank by the exchange
         error = e
-    if _local:
-        if error is not None:
-            raise error
-        lay = _layout.local_layout(x, dim, key, key_offset)
-    else:
-        lay = _layout.exchange(_NAME, 1, group, device, x, dim, key, key_offset, seeded, mode, params,
-                               column_offset, error)
-    if not seeded and _layout.has_rows(x, dim):
+    lay = _args.agree(_NAME, 1, group, device, x, dim, nk, mode, params, column_offset, error, _local)
+    seeds, offsets = nk.seeds, nk.offsets
+    if not nk.seeded and _layout.has_rows(x, dim):
         # The counters the unsharded call reserves: 4 * ceil(V / 4), or the reference
         # sampler's 4 (reference.draw_rng_state with length 1).
         _noise.advance_key(device, generator, 1 if _reference_sampler(device, plain) else lay.vocab)

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-from .. import sampling
-from ..functional import _check_generator, _check_logits, _wrap_dim
-from . import _comm, _dtensor, _layout, _noise
+from ..functional import _check_logits, _wrap_dim
+from . import _args, _comm, _dtensor, _layout, _noise
 from ._sample import _PAD_INDEX, _merge
 
 _NAME = "gumbel_ext.distributed.gumbel_softmax"
@@ -174,8 +172,7 @@ def _gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim
     device = local_logits.device if isinstance(local_logits, torch.Tensor) else torch.device("cpu")
     error = None
     x = None
-    key = key_offset = 0
-    seeded = False
+    nk = _args.NoiseKey()
     mode = params = 0
     try:
         _check_logits(local_logits, "distributed.gumbel_softmax")
@@ -185,38 +182,13 @@ def _gumbel_softmax(local_logits: torch.Tensor, tau=1.0, hard: bool = False, dim
             raise NotImplementedError(f"{_NAME}: a tensor tau is not supported vocabulary-parallel yet; pass a float")
         if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not (math.isfinite(tau) and tau > 0):
             raise ValueError(f"{_NAME}: tau must be a finite number > 0, got {tau!r}")
-        if column_offset is not None and (isinstance(column_offset, bool) or not isinstance(
-                column_offset, numbers.Integral) or column_offset < 0):
-            raise ValueError(f"{_NAME}: column_offset must be an int >= 0, got {column_offset!r}")
-        _check_generator(generator, x)
-        if offsets is not None and seeds is None:
-            raise ValueError(f"{_NAME}: offsets given without seeds; pass seeds (offsets default to 0)")
-        if seeds is not None:
-            if generator is not None:
-                raise ValueError(f"{_NAME}: pass seeds/offsets or a generator, not both")
-            for n, t in (("seeds", seeds), ("offsets", offsets)):
-                if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != torch.int64):
-                    raise TypeError(f"{_NAME}: {n} must be an int64 tensor")
-            seeds = sampling._rows_tensor("seeds", seeds, x, dim, torch.int64, True)
-            offsets = (torch.zeros_like(seeds) if offsets is None
-                       else sampling._rows_tensor("offsets", offsets, x, dim, torch.int64, True))
-            if offsets.numel() and bool((offsets < 0).any()):
-                raise ValueError(f"{_NAME}: every entry of offsets must be >= 0")
-            seeded = True
-            key, key_offset = _layout.tensor_hash(seeds), _layout.tensor_hash(offsets)
-        elif _layout.has_rows(x, dim):  # as the unsharded op: a key whenever there are rows
-            key, key_offset = _noise.read_key(device, generator)
+        _args.check_placement(_NAME, x, column_offset, generator)
+        nk = _args.noise_key(_NAME, x, dim, device, seeds, offsets, generator)
         mode = int(bool(hard))
         params = _layout.float_bits(tau)
     except Exception as e:  # reported to every rank by the exchange
         error = e
-    if _local:
-        if error is not None:
-            raise error
-        lay = _layout.local_layout(x, dim, key, key_offset)
-    else:
-        lay = _layout.exchange(_NAME, 2, group, device, x, dim, key, key_offset, seeded, mode, params,
-                               column_offset, error)
-    if not seeded and _layout.has_rows(x, dim):
+    lay = _args.agree(_NAME, 2, group, device, x, dim, nk, mode, params, column_offset, error, _local)
+    if not nk.seeded and _layout.has_rows(x, dim):
         _noise.advance_key(device, generator, lay.vocab)
-    return _VocabParallelGumbelSoftmax.apply(x, float(tau), bool(hard), dim, lay, seeds, offsets, _row_ids)
+    return _VocabParallelGumbelSoftmax.apply(x, float(tau), bool(hard), dim, lay, nk.seeds, nk.offsets, _row_ids)
