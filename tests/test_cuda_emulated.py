@@ -77,6 +77,7 @@ class Emulator:
         lib.emu_noise_at.argtypes = [ctypes.c_uint64, ctypes.c_uint64, vp, vp, i64, vp]
         lib.emu_neg_log.argtypes = [vp, vp, i64]
         lib.emu_vector_accesses.argtypes = [vp]
+        lib.emu_spatial_launch.argtypes = [i32, i32, i64, i64, i64, i64, vp]
 
     def forward(self, x, tau, mode, dim, state, tau_rows=None, rng_kind=0, intragraph=0,
                 smem=BIG_SMEM, grid_cap=3, out=None):
@@ -105,6 +106,12 @@ class Emulator:
                                    smem, grid_cap)
         assert rc == 0, rc
         return grad_logits, grad_tau
+
+    def spatial_launch(self, dtype, needs_x_twice, shape, dim, smem=BIG_SMEM):
+        """(blockDim.x, blockDim.y, keep_x, bytes) the spatial launchers pick."""
+        out = torch.zeros(4, dtype=torch.int64)
+        assert self.lib.emu_spatial_launch(DTYPE_CODE[dtype], int(needs_x_twice), *layout(shape, dim), smem, _p(out)) == 0
+        return tuple(out.tolist())
 
     def vector_accesses(self):
         """(aligned, misaligned) 16-byte accesses of the kernels since the last call."""
@@ -289,6 +296,60 @@ def test_invalid_tau_rows_give_nan_rows(emu, shape, dim):
             assert grows[rows_bad].isnan().all() and not grows[~rows_bad].isnan().any()
             gt_rows = gt.movedim(dim, -1).reshape(-1)
             assert gt_rows[rows_bad].isnan().all() and not gt_rows[~rows_bad].isnan().any()
+
+
+# ----------------------------------------------------------- spatial: noise drawn once
+SECTOR_COLUMNS = {torch.float32: 8, torch.float64: 4, torch.float16: 16, torch.bfloat16: 16}
+KEEP_48K = 4096 + 48 * 1024  # the four-blocks-per-SM budget plus the reduction scratch
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("length", [1, 7, 40, 300, 1536, 3000, 3568, 7136, 7137, 20000])
+@pytest.mark.parametrize("inner", [2, 3, 40, 1000])
+def test_spatial_launch(emu, dtype, length, inner):
+    """Note [Spatial launch]: blockDim.y (the summation order) depends on neither the mode
+    nor the shared memory; the soft forward and hard backward keep x on chip whenever it
+    fits at the sector floor, and only then."""
+    shape, acc_bytes = (2, length, inner), 8 if dtype == torch.float64 else 4
+    launches = {(twice, smem): emu.spatial_launch(dtype, twice, shape, 1, smem)
+                for twice in (False, True) for smem in (BIG_SMEM, KEEP_48K, 0)}
+    assert len({by for _, by, _, _ in launches.values()}) == 1
+    quads = -(-length // 4)
+    floor = min(SECTOR_COLUMNS[dtype], 1 << (inner - 1).bit_length())
+    for (twice, smem), (bx, by, keep, nbytes) in launches.items():
+        assert bx * by <= 256 and bx >= floor and by & (by - 1) == 0
+        assert nbytes == (quads * bx * 4 * acc_bytes if keep else 0)
+        fits = quads * floor * 4 * acc_bytes + 4096 <= smem
+        assert keep == (twice and fits), (twice, smem, bx, by, keep)
+        if keep and smem == BIG_SMEM and quads * floor * 4 * acc_bytes <= 48 * 1024:
+            assert nbytes <= 48 * 1024  # four blocks per SM where the floor allows it
+    if dtype in (torch.float32, torch.float64) and inner >= 8:  # the numbers of the Note
+        assert launches[(True, BIG_SMEM)][2] == (length <= 7136)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,dim", [((1, 3000, 5), 1), ((2, 700, 40), 1), ((2, 2001, 3), 1)])
+def test_spatial_long_rows_agree_on_every_path(emu, shape, dim, dtype):
+    """Rows whose x needs more than 48 KiB at the sector floor: kept in a larger shared
+    copy (BIG_SMEM), in a narrower block's 48 KiB copy or drawn twice (smaller budgets).
+    Every path gives the same bits -- the row's summation order is the same -- equal to the
+    CPU's within tolerance; the hard backward regenerates exactly the soft forward's y."""
+    x = logits(shape, dtype, seed=21)
+    grad = logits(shape, dtype, seed=22)
+    state = state_of(5, 12)
+    budgets = (BIG_SMEM, KEEP_48K, 4096 + 8000, 0)
+    keeps = [emu.spatial_launch(dtype, True, shape, dim, smem)[2] for smem in budgets]
+    assert keeps[0] and not keeps[-1]
+    outs = [emu.forward(x, 0.7, "soft", dim, state, smem=smem)[0] for smem in budgets]
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    torch.testing.assert_close(outs[0], cpu_forward(x, 0.7, False, dim, state), **cpu_tol(dtype, shape[dim]))
+    if dtype == torch.float32:
+        torch.testing.assert_close(outs[0].double(), exact_soft(x, dim, state, 0.7), rtol=1e-5, atol=1e-9)
+    soft = emu.backward(grad, outs[0], state, 0.7, False, dim)[0]
+    for smem in budgets:
+        assert torch.equal(emu.backward(grad, x, state, 0.7, True, dim, smem=smem)[0], soft)
+    assert torch.equal(emu.forward(x, 0.7, "hard", dim, state)[0], cpu_forward(x, 0.7, True, dim, state))
 
 
 @pytest.mark.parametrize("shape,dim", [((6, 40), -1), ((6, 1000), -1), ((6, 3000), -1), ((6, 30, 3), 1)])

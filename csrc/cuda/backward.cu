@@ -71,11 +71,12 @@ void backward(const BackwardArgs<scalar_t>& args, const Shape& shape, const Rng&
   const int64_t rows = shape.rows(), length = shape.length;
   if (rows == 0 || length == 0) return;
   if (shape.inner > 1) {
-    const dim3 block = spatial_block(shape);
-    const SpatialSmem smem = spatial_smem<scalar_t>(args.hard, shape, block, max_block_smem());
+    const SpatialLaunch launch = spatial_launch<scalar_t>(args.hard, shape, max_block_smem());
     with_grad_tau(args, [&](auto grad_tau) {
-      spatial_backward_kernel<scalar_t, decltype(grad_tau)::value>
-          <<<spatial_grid(shape, block), block, smem.bytes, stream>>>(args, shape, smem.keep_x, rng);
+      constexpr bool kGradTau = decltype(grad_tau)::value;
+      allow_dynamic_smem(spatial_backward_kernel<scalar_t, kGradTau>, launch.bytes);
+      spatial_backward_kernel<scalar_t, kGradTau>
+          <<<spatial_grid(shape, launch.block), launch.block, launch.bytes, stream>>>(args, shape, launch.keep_x, rng);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;

@@ -202,7 +202,6 @@ __global__ void __launch_bounds__(kSpatialThreads, spatial_backward_min_blocks<s
   uint64_t seed = 0, offset = 0;
   if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) seed_offset(rng, seed, offset);
   const int64_t length = shape.length, inner = shape.inner;
-  const int64_t quads = ceil_div(length, 4);
   for (int64_t o = blockIdx.y; o < shape.outer; o += gridDim.y) {
     for (int64_t i0 = int64_t{blockIdx.x} * blockDim.x; i0 < inner; i0 += int64_t{gridDim.x} * blockDim.x) {
       const int64_t i = i0 + threadIdx.x;
@@ -215,43 +214,46 @@ __global__ void __launch_bounds__(kSpatialThreads, spatial_backward_min_blocks<s
         st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, exp2_scale(inv_tau), xs, scratch);
       }
       const SoftRow<acc_t> soft(st, exp2_scale(inv_tau));
-      auto load = [&](int64_t q, acc_t (&y)[4], acc_t (&g)[4]) {
+      // y and g of quad q (first element at off): 0 past the row.
+      auto load = [&](int64_t q, int64_t off, auto whole, acc_t (&y)[4], acc_t (&g)[4]) {
+        constexpr bool kWhole = decltype(whole)::value;
         if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
-          spatial_quad_again(args.saved + start, inner, q, length, seed, offset, r, keep_x, xs, y);
+          spatial_quad_again<kWhole>(args.saved + start + off, inner, q, length, seed, offset, r, keep_x, xs, y);
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const int64_t c = 4 * q + j;
-          const bool real = c < length;
-          g[j] = real ? static_cast<acc_t>(args.grad[start + c * inner]) : acc_t(0);
+          const bool real = kWhole || 4 * q + j < length;
+          g[j] = real ? static_cast<acc_t>(args.grad[start + off + j * inner]) : acc_t(0);
           if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
             y[j] = real ? as_stored<scalar_t>(soft(y[j])) : acc_t(0);
           } else {
-            y[j] = real ? static_cast<acc_t>(args.saved[start + c * inner]) : acc_t(0);
+            y[j] = real ? static_cast<acc_t>(args.saved[start + off + j * inner]) : acc_t(0);
           }
         }
       };
       acc_t dot = 0;
       if (valid) {
-        for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+        for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
           acc_t y[4], g[4];
-          load(q, y, g);
+          load(q, off, whole, y, g);
 #pragma unroll
           for (int j = 0; j < 4; ++j) dot += g[j] * y[j];
-        }
+        });
       }
       dot = column_allreduce(dot, SumOp(), scratch);
       acc_t tau_sum = 0;
       if (valid) {
-        for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+        for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
           acc_t y[4], g[4], out[4];
-          load(q, y, g);
+          load(q, off, whole, y, g);
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
             tau_sum += grad_element<kGradTau>(y[j], g[j], dot, inv_tau, out[j]);
-            if (4 * q + j < length) args.grad_logits[start + (4 * q + j) * inner] = static_cast<scalar_t>(out[j]);
+            if (decltype(whole)::value || 4 * q + j < length) {
+              args.grad_logits[start + off + j * inner] = static_cast<scalar_t>(out[j]);
+            }
           }
-        }
+        });
       }
       if constexpr (kGradTau) {
         tau_sum = column_allreduce(tau_sum, SumOp(), scratch);

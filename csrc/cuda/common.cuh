@@ -34,6 +34,8 @@ namespace cuda {
 
 constexpr int kWarpSize = 32;
 constexpr int kMaxBlockThreads = 1024;
+// Threads per block of the kernels parallel over the inner dim (Note [Spatial launch]).
+constexpr int kSpatialThreads = 256;
 // Grids are capped and kernels loop (grid-stride) past the cap.
 constexpr int64_t kMaxGrid = (int64_t{1} << 31) - 1;
 constexpr int64_t kMaxGridY = 65535;
@@ -503,40 +505,64 @@ inline int row_block_threads(int64_t chunks) {
   return t;
 }
 
-// 2-D block of the kernels parallel over the inner dim: x over inner (coalesced), y
-// splits the row's 4-column blocks; at most 256 threads, both powers of two.
-inline dim3 spatial_block(const Shape& shape) {
+// Note [Spatial launch]
+// The kernels parallel over the inner dim (dim not last) run 2-D blocks of <= 256
+// threads: x over inner (coalesced), y splitting the row's 4-column Philox blocks
+// (quads). blockDim.y sets the summation order of a row, so it depends only on the row
+// length and the dtype -- never on the mode or on the shared memory a device offers:
+// the soft forward, the soft backward and the hard backward (which regenerates y_soft,
+// Note [Regenerated y_soft]) all split a row the same way, whatever each keeps on chip.
+// blockDim.x (columns per block) is free, and sized so that the block's x fits in
+// shared memory when the kernel needs x twice (soft forward, hard backward): the widest
+// power of two <= 32 whose copy fits in kSpatialKeepBytes (four blocks per SM); if even
+// the floor -- 32 bytes of logits, one whole sector per row of the tile -- does not fit
+// there, the floor with whatever the device lets one block opt in to (fewer blocks per
+// SM: 227 KiB on sm_90 holds fp32 and fp64 rows up to 7136 columns, fp16 and bf16 rows
+// up to 3568); only rows longer than that draw their noise a second time
+// (docs/performance.md, "Spatial kernels").
+constexpr int kSpatialKeepBytes = 48 * 1024;
+
+// The narrowest blockDim.x that keeps whole 32-byte sectors: 8 fp32, 4 fp64, 16 fp16/bf16
+// columns (fewer when inner is smaller).
+template <typename scalar_t>
+inline int spatial_min_columns(const Shape& shape) {
+  const int widest = 1 << std::min(ceil_log2(shape.inner), 5);
+  return std::min(widest, static_cast<int>(32 / sizeof(scalar_t)));
+}
+
+struct SpatialLaunch {
+  dim3 block;
+  bool keep_x;  // x stays in dynamic shared memory between the two passes
+  size_t bytes;  // dynamic shared memory
+};
+
+// `needs_x_twice`: the soft forward and the hard backward; `smem_bytes`: what one block
+// may use in all (the device's opt-in maximum; the emulator passes smaller budgets to
+// reach every path). The launchers and tests/emulation/harness.cpp both decide here.
+template <typename scalar_t>
+inline SpatialLaunch spatial_launch(bool needs_x_twice, const Shape& shape, int64_t smem_bytes) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t quads = ceil_div(shape.length, 4);
-  int bx = 1 << std::min(ceil_log2(shape.inner), 5);
-  int by = 1 << std::min(ceil_log2(quads), ceil_log2(256 / bx));
-  bx = 1 << std::min(ceil_log2(shape.inner), ceil_log2(256 / by));
-  return dim3(bx, by);
+  const int min_bx = spatial_min_columns<scalar_t>(shape);
+  const int by = 1 << std::min(ceil_log2(quads), ceil_log2(kSpatialThreads / min_bx));
+  const int max_bx = std::min(1 << std::min(ceil_log2(shape.inner), 5), kSpatialThreads / by);
+  const auto x_bytes = [&](int bx) { return quads * bx * 4 * static_cast<int64_t>(sizeof(acc_t)); };
+  if (needs_x_twice) {
+    for (int bx = max_bx; bx >= min_bx; bx /= 2) {
+      if (x_bytes(bx) <= kSpatialKeepBytes && x_bytes(bx) + kScratchBytes <= smem_bytes) {
+        return {dim3(bx, by), true, static_cast<size_t>(x_bytes(bx))};
+      }
+    }
+    if (x_bytes(min_bx) + kScratchBytes <= smem_bytes) {
+      return {dim3(min_bx, by), true, static_cast<size_t>(x_bytes(min_bx))};
+    }
+  }
+  return {dim3(max_bx, by), false, 0};
 }
 
 inline dim3 spatial_grid(const Shape& shape, dim3 block) {
   return dim3(static_cast<unsigned>(std::min(ceil_div(shape.inner, block.x), kMaxGrid)),
               static_cast<unsigned>(std::min(shape.outer, kMaxGridY)));
-}
-
-// What the spatial kernels keep in dynamic shared memory: x of every quad of the block's
-// columns, when the kernel needs x twice (soft forward, hard backward) and that takes at
-// most kSpatialKeepBytes -- a cap so that an SM still holds four 256-thread blocks
-// (a larger copy would leave one block per SM and too few loads in flight; such rows
-// draw their noise a second time instead). The launchers and tests/emulation/harness.cpp
-// both decide through this; the emulator passes smaller budgets to reach both paths.
-constexpr int64_t kSpatialKeepBytes = 48 * 1024;
-
-struct SpatialSmem {
-  bool keep_x;
-  size_t bytes;
-};
-
-template <typename scalar_t>
-inline SpatialSmem spatial_smem(bool needs_x_twice, const Shape& shape, dim3 block, int64_t smem_bytes) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t bytes = ceil_div(shape.length, 4) * block.x * 4 * static_cast<int64_t>(sizeof(acc_t));
-  const bool keep = needs_x_twice && bytes <= kSpatialKeepBytes && bytes + kScratchBytes <= smem_bytes;
-  return {keep, keep ? static_cast<size_t>(bytes) : 0};
 }
 
 // The most shared memory (static + dynamic) a block of the current device may opt in to.

@@ -10,7 +10,8 @@
 //   inner == 1, C >= 8192, few rows or rows too long for one block's shared memory:
 //     the row split across P blocks (split_rows.cu, Note [Split rows]), x on chip.
 //   inner  > 1: 2-D blocks of <= 256 threads, x over inner (coalesced), y splitting the
-//     row's 4-column Philox blocks; no transposed copy.
+//     row's 4-column Philox blocks; no transposed copy. The soft path keeps x in shared
+//     memory, blockDim.x sized so that it fits (Note [Spatial launch]).
 // 16-byte vector loads and stores for the whole chunks of every row whose pointers are
 // aligned, decided row by row (Note [Per-row vector loads]); every offset is 64-bit. One-hot and index modes only need the argmax of
 // x: no exp, nothing kept on chip.
@@ -65,10 +66,10 @@ void forward(const ForwardArgs<scalar_t>& args, const Shape& shape, const Rng& r
   const int64_t rows = shape.rows(), length = shape.length;
   if (rows == 0 || length == 0) return;
   if (shape.inner > 1) {
-    const dim3 block = spatial_block(shape);
-    const SpatialSmem smem = spatial_smem<scalar_t>(args.mode == Mode::kSoft, shape, block, max_block_smem());
-    spatial_forward_kernel<scalar_t><<<spatial_grid(shape, block), block, smem.bytes, stream>>>(
-        args, shape, smem.keep_x, rng);
+    const SpatialLaunch launch = spatial_launch<scalar_t>(args.mode == Mode::kSoft, shape, max_block_smem());
+    allow_dynamic_smem(spatial_forward_kernel<scalar_t>, launch.bytes);
+    spatial_forward_kernel<scalar_t><<<spatial_grid(shape, launch.block), launch.block, launch.bytes, stream>>>(
+        args, shape, launch.keep_x, rng);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }

@@ -174,6 +174,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
 }
 
 // ------------------------------------------------------------ parallel over inner
+// Note [Spatial launch]: `keep_x` when the block's x fits in its dynamic shared memory.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kSpatialThreads)
     spatial_forward_kernel(ForwardArgs<scalar_t> args, Shape shape, bool keep_x, Rng rng) {
@@ -184,7 +185,6 @@ __global__ void __launch_bounds__(kSpatialThreads)
   uint64_t seed, offset;
   seed_offset(rng, seed, offset);
   const int64_t length = shape.length, inner = shape.inner;
-  const int64_t quads = ceil_div(length, 4);
   for (int64_t o = blockIdx.y; o < shape.outer; o += gridDim.y) {
     for (int64_t i0 = int64_t{blockIdx.x} * blockDim.x; i0 < inner; i0 += int64_t{gridDim.x} * blockDim.x) {
       const int64_t i = i0 + threadIdx.x;
@@ -197,25 +197,26 @@ __global__ void __launch_bounds__(kSpatialThreads)
         const SoftRow<acc_t> soft(spatial_stats(row, inner, length, valid, seed, offset, r, scale, xs, scratch), scale);
         if (!valid) continue;
         scalar_t* out = args.out + start;
-        for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+        for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
+          constexpr bool kWhole = decltype(whole)::value;
           acc_t x[4];
-          spatial_quad_again(row, inner, q, length, seed, offset, r, keep_x, xs, x);
+          spatial_quad_again<kWhole>(row + off, inner, q, length, seed, offset, r, keep_x, xs, x);
 #pragma unroll
           for (int j = 0; j < 4; ++j)
-            if (4 * q + j < length) out[(4 * q + j) * inner] = static_cast<scalar_t>(soft(x[j]));
-        }
+            if (kWhole || 4 * q + j < length) out[off + j * inner] = static_cast<scalar_t>(soft(x[j]));
+        });
         continue;
       }
       // Columns past the row hold -inf and never win a strict >.
       acc_t best_v = neg_inf<acc_t>();
       int64_t best_c = valid ? 4 * int64_t{threadIdx.y} : INT64_MAX;
       if (valid) {
-        for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+        for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
           acc_t x[4];
-          perturbed_quad(row, inner, q, length, seed, offset, r, x);
+          perturbed_quad<decltype(whole)::value>(row + off, inner, q, length, seed, offset, r, x);
 #pragma unroll
           for (int j = 0; j < 4; ++j) argmax_step(best_v, best_c, x[j], 4 * q + j);
-        }
+        });
       }
       const ArgMax<acc_t> best = column_allreduce(ArgMax<acc_t>{best_v, best_c}, ArgMaxOp(), scratch);
       if (!valid) continue;
@@ -223,11 +224,17 @@ __global__ void __launch_bounds__(kSpatialThreads)
         if (threadIdx.y == 0) args.indices[r] = best.i;
         continue;
       }
-      const bool finite = is_finite(best.v);
+      const OneHot<acc_t> one_hot(is_finite(best.v));
+      const scalar_t hit = static_cast<scalar_t>(one_hot.hit), miss = static_cast<scalar_t>(one_hot.miss);
       scalar_t* out = args.out + start;
-      for (int64_t c = threadIdx.y; c < length; c += blockDim.y) {
-        out[c * inner] = static_cast<scalar_t>(finite ? acc_t(c == best.i ? 1 : 0) : quiet_nan<acc_t>());
-      }
+      for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
+        // The winner's place in this quad, or -1: one 64-bit compare per quad, a 32-bit one per column.
+        const int64_t d = best.i - 4 * q;
+        const int hit_j = static_cast<uint64_t>(d) < 4 ? static_cast<int>(d) : -1;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (decltype(whole)::value || 4 * q + j < length) out[off + j * inner] = hit_j == j ? hit : miss;
+      });
     }
   }
 }

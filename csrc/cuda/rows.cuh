@@ -28,9 +28,6 @@ constexpr int warp_rows_per_block() {
   return kWarpRowThreads / kWarpSize * (kWarpSize / W);
 }
 
-// Threads per block of the kernels parallel over the inner dim.
-constexpr int kSpatialThreads = 256;
-
 // Note [tau_rows values] (csrc/ops.cpp): the CUDA ops cannot refuse a tau_rows entry that
 // is not finite and > 0 without a device sync, so such a row gets 1/tau = NaN: its soft
 // output and its gradients are NaN, as for a NaN logit (a hard one-hot does not depend on
@@ -111,25 +108,42 @@ __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict_
   return block_allreduce(st, MaxSumExp2Op<acc_t>{scale}, max_sum_identity<acc_t>(), scratch);
 }
 
-// ---- spatial: thread (tx, ty) walks 4-column blocks q = ty, ty + by, ... of row r,
-// whose elements are `inner` apart.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void perturbed_quad(const scalar_t* __restrict__ row, int64_t inner,
-                                               int64_t q, int64_t length, uint64_t seed,
-                                               uint64_t offset, uint64_t r, acc_t (&x)[4]) {
-  const Philox4 p = philox_block(seed, offset, r, static_cast<uint64_t>(q));
-  const uint32_t bits[4] = {p.x, p.y, p.z, p.w};
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int64_t c = 4 * q + j;
-    x[j] = c < length ? static_cast<acc_t>(row[c * inner]) + static_cast<acc_t>(gumbel_from_bits(bits[j]))
-                      : neg_inf<acc_t>();
-  }
+// ---- spatial: thread (tx, ty) walks the 4-column blocks (quads) q = ty, ty + by, ...
+// of row r, whose column c sits at row[c * inner] (Note [Spatial launch] in common.cuh).
+
+// Visits this thread's quads in increasing order: f(q, off, whole) with off = 4 q inner,
+// the quad's first element relative to the row's, and `whole` a std::bool_constant, true
+// for the quads that lie inside the row (no check per column) and false for the row's
+// last, partial quad. The offset advances by one 64-bit add per quad and each column's
+// address is one more (no multiply per element).
+template <typename F>
+__device__ __forceinline__ void for_each_quad(int64_t inner, int64_t length, F&& f) {
+  const int64_t whole = length / 4;
+  const int64_t step = 4 * int64_t{blockDim.y} * inner;
+  int64_t q = threadIdx.y;
+  int64_t off = 4 * q * inner;
+  for (; q < whole; q += blockDim.y, off += step) f(q, off, std::true_type{});
+  if (4 * q < length) f(q, off, std::false_type{});
 }
 
-// `xs` (optional: dynamic shared memory sized by spatial_smem) keeps x for the second
-// pass, quad q of the block's column tx at chunk q * blockDim.x + tx, so that pass draws
-// no noise again.
+// x = logit + noise of quad q, whose first element is at p; columns past the row are -inf.
+template <bool kWhole, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void perturbed_quad(const scalar_t* __restrict__ p, int64_t inner, int64_t q,
+                                               int64_t length, uint64_t seed, uint64_t offset, uint64_t r,
+                                               acc_t (&x)[4]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    x[j] = kWhole || 4 * q + j < length ? static_cast<acc_t>(p[j * inner]) : neg_inf<acc_t>();
+  }
+  const Philox4 b = philox_block(seed, offset, r, static_cast<uint64_t>(q));
+  const uint32_t bits[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) x[j] += static_cast<acc_t>(gumbel_from_bits(bits[j]));
+}
+
+// The row's (max, sum) in one pass that draws each noise value once. `xs` (optional:
+// dynamic shared memory, SpatialLaunch::keep_x) keeps x for the second pass, quad q of
+// the block's column tx at chunk q * blockDim.x + tx.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> spatial_stats(const scalar_t* __restrict__ row,
                                                        int64_t inner, int64_t length, bool valid,
@@ -137,27 +151,27 @@ __device__ __forceinline__ MaxSum<acc_t> spatial_stats(const scalar_t* __restric
                                                        acc_t scale, acc_t* xs, void* scratch) {
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
   if (valid) {
-    const int64_t quads = ceil_div(length, 4);
-    for (int64_t q = threadIdx.y; q < quads; q += blockDim.y) {
+    for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
       acc_t x[1][4];
-      perturbed_quad(row, inner, q, length, seed, offset, r, x[0]);
+      perturbed_quad<decltype(whole)::value>(row + off, inner, q, length, seed, offset, r, x[0]);
       if (xs != nullptr) smem_store_chunk<4>(xs, q * blockDim.x + threadIdx.x, x[0]);
       max_sum_add_chunks(st, x, scale);
-    }
+    });
   }
   return column_allreduce(st, MaxSumExp2Op<acc_t>{scale}, scratch);
 }
 
-// x of quad q in the second pass: from xs when spatial_stats kept it, else drawn again.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void spatial_quad_again(const scalar_t* __restrict__ row, int64_t inner,
+// x of quad q in the second pass: from xs when spatial_stats kept it, else drawn again
+// (rows too long for any shared memory, Note [Spatial launch]).
+template <bool kWhole, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void spatial_quad_again(const scalar_t* __restrict__ p, int64_t inner,
                                                    int64_t q, int64_t length, uint64_t seed,
                                                    uint64_t offset, uint64_t r, bool keep_x,
                                                    const acc_t* xs, acc_t (&x)[4]) {
   if (keep_x) {
     smem_load_chunk<4>(xs, q * blockDim.x + threadIdx.x, x);
   } else {
-    perturbed_quad(row, inner, q, length, seed, offset, r, x);
+    perturbed_quad<kWhole>(p, inner, q, length, seed, offset, r, x);
   }
 }
 

@@ -106,12 +106,11 @@ int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int 
     args.mode = static_cast<Mode>(mode);
     const int64_t rows = shape.rows();
     if (inner > 1) {
-      const dim3 block = spatial_block(shape);
-      dim3 grid = spatial_grid(shape, block);
+      const SpatialLaunch launch = spatial_launch<scalar_t>(args.mode == Mode::kSoft, shape, smem_budget);
+      dim3 grid = spatial_grid(shape, launch.block);
       grid.x = capped(grid.x, grid_cap);
       grid.y = capped(grid.y, grid_cap);
-      const SpatialSmem smem = spatial_smem<scalar_t>(args.mode == Mode::kSoft, shape, block, smem_budget);
-      simt::launch(spatial_forward_kernel<scalar_t>, grid, block, smem.bytes, args, shape, smem.keep_x, r);
+      simt::launch(spatial_forward_kernel<scalar_t>, grid, launch.block, launch.bytes, args, shape, launch.keep_x, r);
       return;
     }
     if (length <= kMaxWarpRow) {
@@ -156,12 +155,12 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
     auto run = [&](auto grad_tau_tag) {
     constexpr bool kGradTau = decltype(grad_tau_tag)::value;
     if (inner > 1) {
-      const dim3 block = spatial_block(shape);
-      dim3 grid = spatial_grid(shape, block);
+      const SpatialLaunch launch = spatial_launch<scalar_t>(args.hard, shape, smem_budget);
+      dim3 grid = spatial_grid(shape, launch.block);
       grid.x = capped(grid.x, grid_cap);
       grid.y = capped(grid.y, grid_cap);
-      const SpatialSmem smem = spatial_smem<scalar_t>(args.hard, shape, block, smem_budget);
-      simt::launch(spatial_backward_kernel<scalar_t, kGradTau>, grid, block, smem.bytes, args, shape, smem.keep_x, r);
+      simt::launch(spatial_backward_kernel<scalar_t, kGradTau>, grid, launch.block, launch.bytes, args, shape,
+                   launch.keep_x, r);
       return;
     }
     if (length <= kMaxWarpRow) {
@@ -187,6 +186,19 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
     }
   });
   return rc != 0 ? rc : finish();
+}
+
+// The spatial kernels' launch (Note [Spatial launch]): out = {blockDim.x, blockDim.y,
+// keep_x, dynamic shared memory bytes}.
+int emu_spatial_launch(int dtype, int needs_x_twice, int64_t outer, int64_t length, int64_t inner,
+                       int64_t smem_budget, int64_t* out) {
+  return with_dtype(dtype, [&](auto tag) {
+    const SpatialLaunch l = spatial_launch<decltype(tag)>(needs_x_twice != 0, Shape{outer, length, inner}, smem_budget);
+    out[0] = l.block.x;
+    out[1] = l.block.y;
+    out[2] = l.keep_x;
+    out[3] = static_cast<int64_t>(l.bytes);
+  });
 }
 
 int emu_noise(float* out, int64_t outer, int64_t length, int64_t inner, int64_t* rng_state, int64_t grid_cap) {
