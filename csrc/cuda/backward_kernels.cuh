@@ -129,7 +129,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
     MaxSum<acc_t> st = max_sum_identity<acc_t>();
     if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
-      st = block_stats<V>(args.saved + start, length, aligned, seed, offset, r, exp2_scale(inv_tau), ys, scratch);
+      st = block_stats<V>(args.saved + start, length, aligned, seed, offset, r, exp2_scale(inv_tau), keep_y, ys,
+                          scratch);
     }
     const SoftRow<acc_t> soft(st, exp2_scale(inv_tau));
     // y of chunk k; `from_ys` when ys holds y already (second pass).
@@ -211,7 +212,8 @@ __global__ void __launch_bounds__(kSpatialThreads, spatial_backward_min_blocks<s
       const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
       MaxSum<acc_t> st = max_sum_identity<acc_t>();
       if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
-        st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, exp2_scale(inv_tau), xs, scratch);
+        st = spatial_stats(args.saved + start, inner, length, valid, seed, offset, r, exp2_scale(inv_tau), keep_x, xs,
+                           scratch);
       }
       const SoftRow<acc_t> soft(st, exp2_scale(inv_tau));
       // y and g of quad q (first element at off): 0 past the row.

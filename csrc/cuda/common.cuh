@@ -349,11 +349,13 @@ __device__ __forceinline__ void max_sum_add_group(MaxSum<acc_t>& st, const acc_t
     st.m = gm;
   }
   const acc_t ref = st.m > neg_inf<acc_t>() ? st.m : acc_t(0);
-  acc_t s = 0;
+  // The first term starts the sum (0 + e is e for every e >= 0 and NaN: one add fewer).
+  acc_t s = acc_exp2((x[0][0] - ref) * scale);
 #pragma unroll
   for (int u = 0; u < U; ++u)
 #pragma unroll
-    for (int i = 0; i < V; ++i) s += acc_exp2((x[u][i] - ref) * scale);
+    for (int i = 0; i < V; ++i)
+      if (u + i > 0) s += acc_exp2((x[u][i] - ref) * scale);
   st.s += s;
 }
 

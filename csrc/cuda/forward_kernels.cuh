@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     const bool aligned = row_vectorizable<scalar_t>(r * length, args.logits, args.out);
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
       const acc_t scale = exp2_scale(row_inv_tau(args.tau_rows, args.inv_tau, r));
-      const SoftRow<acc_t> soft(block_stats<V>(row, length, aligned, seed, offset, r, scale, xs, scratch), scale);
+      const SoftRow<acc_t> soft(block_stats<V>(row, length, aligned, seed, offset, r, scale, keep_x, xs, scratch), scale);
       scalar_t* out = args.out + r * length;
       for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
         acc_t x[kU][V];
@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(kSpatialThreads)
       const scalar_t* row = args.logits + (valid ? start : 0);
       if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
         const acc_t scale = exp2_scale(valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1));
-        const SoftRow<acc_t> soft(spatial_stats(row, inner, length, valid, seed, offset, r, scale, xs, scratch), scale);
+        const SoftRow<acc_t> soft(spatial_stats(row, inner, length, valid, seed, offset, r, scale, keep_x, xs, scratch), scale);
         if (!valid) continue;
         scalar_t* out = args.out + start;
         for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
@@ -214,8 +214,11 @@ __global__ void __launch_bounds__(kSpatialThreads)
         for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
           acc_t x[4];
           perturbed_quad<decltype(whole)::value>(row + off, inner, q, length, seed, offset, r, x);
+          // The quad's winner by a 32-bit index, folded into the 64-bit one once per quad.
+          int hit = -1;
 #pragma unroll
-          for (int j = 0; j < 4; ++j) argmax_step(best_v, best_c, x[j], 4 * q + j);
+          for (int j = 0; j < 4; ++j) argmax_step(best_v, hit, x[j], j);
+          if (hit >= 0) best_c = 4 * q + hit;
         });
       }
       const ArgMax<acc_t> best = column_allreduce(ArgMax<acc_t>{best_v, best_c}, ArgMaxOp(), scratch);

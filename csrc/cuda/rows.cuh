@@ -81,13 +81,14 @@ __device__ __forceinline__ acc_t softmax_registers(acc_t (&x)[J][V], acc_t inv_t
   return acc_t(1) / sum;
 }
 
-// ---- block per row: thread t holds chunks k = t, t + T, ...; `xs` (optional, shared
-// memory, chunk k at xs + k * V: smem_store_chunk) keeps x for a second pass. `scale` = exp2_scale(inv_tau).
+// ---- block per row: thread t holds chunks k = t, t + T, ...; with `keep`, `xs` (shared
+// memory, chunk k at xs + k * V: smem_store_chunk) keeps x for a second pass (a bool, not
+// a null test of xs, which rebuilt the generic shared address in every iteration). `scale` = exp2_scale(inv_tau).
 template <int V, typename scalar_t, typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict__ row,
                                                      int64_t length, bool aligned, uint64_t seed,
                                                      uint64_t offset, uint64_t r, acc_t scale,
-                                                     acc_t* xs, void* scratch) {
+                                                     bool keep, acc_t* xs, void* scratch) {
   constexpr int U = chunks_in_flight<acc_t, V>();
   const int64_t chunks = ceil_div(length, V);
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
@@ -95,7 +96,7 @@ __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict_
   for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += U * int64_t{blockDim.x}) {
     acc_t x[U][V];
     perturbed_chunks<U>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
-    if (xs != nullptr) {
+    if (keep) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t k = k0 + u * int64_t{blockDim.x};
@@ -141,20 +142,22 @@ __device__ __forceinline__ void perturbed_quad(const scalar_t* __restrict__ p, i
   for (int j = 0; j < 4; ++j) x[j] += static_cast<acc_t>(gumbel_from_bits(bits[j]));
 }
 
-// The row's (max, sum) in one pass that draws each noise value once. `xs` (optional:
-// dynamic shared memory, SpatialLaunch::keep_x) keeps x for the second pass, quad q of
-// the block's column tx at chunk q * blockDim.x + tx.
+// The row's (max, sum) in one pass that draws each noise value once. With `keep_x`
+// (SpatialLaunch::keep_x), `xs` (dynamic shared memory) keeps x for the second pass, quad
+// q of the block's column tx at chunk q * blockDim.x + tx. (A bool, not a null test of
+// xs: that test rebuilt the generic address of shared memory on every quad.)
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> spatial_stats(const scalar_t* __restrict__ row,
                                                        int64_t inner, int64_t length, bool valid,
                                                        uint64_t seed, uint64_t offset, uint64_t r,
-                                                       acc_t scale, acc_t* xs, void* scratch) {
+                                                       acc_t scale, bool keep_x, acc_t* xs,
+                                                       void* scratch) {
   MaxSum<acc_t> st = max_sum_identity<acc_t>();
   if (valid) {
     for_each_quad(inner, length, [&](int64_t q, int64_t off, auto whole) {
       acc_t x[1][4];
       perturbed_quad<decltype(whole)::value>(row + off, inner, q, length, seed, offset, r, x[0]);
-      if (xs != nullptr) smem_store_chunk<4>(xs, q * blockDim.x + threadIdx.x, x[0]);
+      if (keep_x) smem_store_chunk<4>(xs, q * blockDim.x + threadIdx.x, x[0]);
       max_sum_add_chunks(st, x, scale);
     });
   }
