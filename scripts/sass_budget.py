@@ -66,18 +66,19 @@ PROBES: Dict[str, Probe] = {
     "hard bwd, split (64x128256)": (1, "split_backward_kernel", 1, [16, 4], 12, 62),
 }
 # Counts above their issue-#11 budget today, with the ceiling CI holds them under: the
-# count after the kernel restructuring of issue #11 plus 5% for compiler drift, so a
-# regression fails. Why each is over, and what would close it: docs/performance.md.
+# latest count plus 5% for compiler drift, so a regression fails. The warp forward rows
+# rose when those kernels went to 8 blocks per SM (one wave at 4096 x 1000, Note [Warp
+# kernels' occupancy]). Why each is over, and what would close it: docs/performance.md.
 KNOWN_OVER: Dict[str, float] = {
-    "soft fwd, block/row, x on chip (8192x32000)": 66,
+    "soft fwd, block/row, x on chip (8192x32000)": 65.5,
     "soft fwd, block/row, regenerated (64x128256)": 109.5,
-    "soft fwd, spatial": 92,
-    "hard fwd, warp/row (4096x1000)": 56,
+    "soft fwd, spatial": 67,
+    "hard fwd, warp/row (4096x1000)": 61,
     "hard fwd, block/row (64x128256)": 63,
-    "hard fwd, spatial": 70,
+    "hard fwd, spatial": 65.5,
+    "sample, warp/row (4096x1000)": 58.5,
     "sample, block/row (64x128256)": 55.5,
-    "hard bwd, warp/row (4096x1000)": 67,
-    "hard bwd, block/row, on chip (8192x32000)": 79,
+    "hard bwd, block/row, on chip (8192x32000)": 78.5,
     "hard bwd, block/row, regenerated (64x128256)": 163,
     # The split rows draw the noise once; what remains over is the on-chip row's cost
     # (docs/performance.md, "Rows split across blocks").

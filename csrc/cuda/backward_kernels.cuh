@@ -29,7 +29,7 @@ __device__ __forceinline__ acc_t grad_element(acc_t y, acc_t g, acc_t dot, acc_t
 
 // ------------------------------------------------------------------- warp per row
 template <typename scalar_t, int kLog2Chunks, bool kGradTau>
-__global__ void __launch_bounds__(kWarpRowThreads)
+__global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 2>())
     warp_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int length, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
@@ -39,10 +39,12 @@ __global__ void __launch_bounds__(kWarpRowThreads)
   constexpr int R = kWarpSize / W;
   uint64_t seed = 0, offset = 0;
   if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) seed_offset(rng, seed, offset);
-  const int lane = threadIdx.x % kWarpSize, lw = lane % W;
+  const int lane = threadIdx.x % kWarpSize;
   const int64_t rows_per_block = int64_t{blockDim.x / kWarpSize} * R;
   const int64_t my_row = threadIdx.x / kWarpSize * R + lane / W;
   for (int64_t base = blockIdx.x * rows_per_block; base < rows; base += gridDim.x * rows_per_block) {
+    int lw = lane % W;  // see loop_variant
+    if constexpr (warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 2>() != 0) lw = loop_variant(lw);
     const int64_t r = base + my_row;
     const bool valid = r < rows;
     const int64_t start = (valid ? r : 0) * length;

@@ -27,7 +27,7 @@ __device__ __forceinline__ void one_hot_chunk(index_t c0, index_t arg, const One
 
 // ------------------------------------------------------------------- warp per row
 template <typename scalar_t, int kLog2Chunks>
-__global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
+__global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1>())
     warp_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int length, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
@@ -37,10 +37,12 @@ __global__ void __launch_bounds__(kWarpRowThreads, kWarpRowBlocksPerSM)
   constexpr int R = kWarpSize / W;                  // rows per warp
   uint64_t seed, offset;
   seed_offset(rng, seed, offset);
-  const int lane = threadIdx.x % kWarpSize, lw = lane % W;
+  const int lane = threadIdx.x % kWarpSize;
   const int64_t rows_per_block = int64_t{blockDim.x / kWarpSize} * R;
   const int64_t my_row = threadIdx.x / kWarpSize * R + lane / W;
   for (int64_t base = blockIdx.x * rows_per_block; base < rows; base += gridDim.x * rows_per_block) {
+    int lw = lane % W;  // see loop_variant
+    if constexpr (warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1>() != 0) lw = loop_variant(lw);
     // Rows past the end still take part in the shuffles, as empty rows.
     const int64_t r = base + my_row;
     const bool valid = r < rows;

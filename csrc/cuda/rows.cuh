@@ -12,11 +12,37 @@ namespace cuda {
 
 // Threads per block of the warp-per-row kernels.
 constexpr int kWarpRowThreads = 128;
-// Blocks per SM the warp-per-row forward kernels are compiled for, which gives ptxas an
-// explicit register cap (128): left to itself it picked 32 registers for the bf16 rows of
-// 32 chunks and spilled; with 8 (one wave at 4096 x 1000, cap 64) rows of 1024 spill.
-// The backward keeps the plain bound: its rows hold y and grad in registers.
-constexpr int kWarpRowBlocksPerSM = 4;
+// Note [Warp kernels' occupancy]
+// Blocks per SM the warp-per-row kernels are compiled for (__launch_bounds__'s minimum),
+// from the acc_t registers a lane holds for its row (x in the forward; y and the gradient,
+// kArrays = 2, in the backward). Up to 32 such registers: 8 blocks of 128 threads per SM,
+// a 64-register cap, and one wave at 4096 x 1000 (1024 blocks, 132 SMs x 8 = 1056 on an
+// H200); none of these spills on sm_80 or sm_90 (scripts/check_cuda_compile.py), given
+// loop_variant below. Beyond, 8 blocks would spill: those kernels ask for 4 (a 128-register
+// cap; left to itself ptxas picked 32 registers for the bf16 rows of 32 chunks and
+// spilled, and 134 for the fp32 backward of 1024 columns, 3 blocks per SM), except the
+// fp64 backward of 512 and 1024 columns (64 and 128 registers of y and g), which asks for
+// nothing. Occupancy per dtype: docs/performance.md, "Warp kernels' occupancy".
+template <typename scalar_t, int L, int kArrays>
+constexpr int warp_row_blocks_per_sm() {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int W = (1 << L) < kWarpSize ? (1 << L) : kWarpSize;
+  constexpr int regs = kArrays * (1 << L) / W * chunk_size<scalar_t>() * static_cast<int>(sizeof(acc_t) / 4);
+  return regs <= 32 ? 8 : kArrays == 1 || sizeof(acc_t) == 4 ? 4 : 0;
+}
+
+// `v`, as a value ptxas must recompute in every iteration of the loop it is used in.
+// Given the lane's column as a loop invariant, ptxas hoisted each chunk's Philox counter
+// words and first products out of the warp kernels' rows loop -- three registers per
+// chunk, for a loop that nearly always runs once -- and spilled them under the 64-register
+// cap of 8 blocks per SM.
+__device__ __forceinline__ int loop_variant(int v) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("" : "+r"(v));
+#endif
+  return v;
+}
+
 // Rows up to this length are held in registers, one warp (or part of one) per row.
 constexpr int kMaxWarpRow = 1024;
 // Rows one kWarpRowThreads block of the warp-per-row kernels covers when a row has 2^L
