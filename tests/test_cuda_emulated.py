@@ -76,7 +76,8 @@ class Emulator:
         lib.emu_gather.argtypes = [vp, vp, i64, i64, i64, i64]
         lib.emu_noise_at.argtypes = [ctypes.c_uint64, ctypes.c_uint64, vp, vp, i64, vp]
         lib.emu_neg_log.argtypes = [vp, vp, i64]
-        lib.emu_vector_accesses.argtypes = [vp]
+        lib.emu_vector_accesses.argtypes = [vp, vp, i64]
+        lib.emu_vector_access_count.restype = i64
         lib.emu_spatial_launch.argtypes = [i32, i32, i64, i64, i64, i64, vp]
 
     def forward(self, x, tau, mode, dim, state, tau_rows=None, rng_kind=0, intragraph=0,
@@ -114,10 +115,13 @@ class Emulator:
         return tuple(out.tolist())
 
     def vector_accesses(self):
-        """(aligned, misaligned) 16-byte accesses of the kernels since the last call."""
-        counts = torch.zeros(2, dtype=torch.int64)
-        self.lib.emu_vector_accesses(_p(counts))
-        return tuple(counts.tolist())
+        """(aligned, misaligned, addresses) of the kernels' 16-byte accesses since the
+        last call; addresses is the set of the addresses accessed."""
+        addresses = torch.zeros(self.lib.emu_vector_access_count() + 1, dtype=torch.int64)
+        counts = torch.zeros(3, dtype=torch.int64)
+        self.lib.emu_vector_accesses(_p(counts), _p(addresses), addresses.numel())
+        aligned, misaligned, n = counts.tolist()
+        return aligned, misaligned, set(addresses[:n].tolist())
 
     def noise(self, shape, dim, state, grid_cap=5):
         out = torch.full(shape, math.nan, dtype=torch.float32)
@@ -402,13 +406,14 @@ def test_unaligned_pointers(emu):
 
 
 # ------------------------------------------------------------- per-row vector loads
-# Note [Per-row vector loads]: each row whose pointers are 16-byte aligned (every base,
-# and the row's start) loads and stores its whole chunks 16 bytes at a time and its tail
-# column by column; any other row goes column by column. A length C % 4 != 0 makes row r
-# start r * C elements in, so aligned and misaligned rows alternate within one tensor; a
-# storage offset of 1..3 elements misaligns the base. The result may not depend on the
-# path: the same bits as the same values in fresh tensors, and the CPU op's on the same
-# noise.
+# Note [Per-row vector loads] and Note [Misaligned rows]: every row uses 16-byte accesses,
+# whether it starts on a 16-byte boundary or m elements past one (a length C % 4 != 0
+# makes row r start r * C elements in, so the shift changes from row to row; a storage
+# offset shifts the base). Aligned rows load and store whole chunks; misaligned ones load
+# the aligned vectors around a chunk and funnel it out, and store the aligned vector that
+# starts inside it with the next chunk's words from a shuffle. The result may not depend
+# on the path: the same bits as the same values in fresh tensors, and the CPU op's on the
+# same noise.
 PER_ROW = [((9, 50), -1), ((9, 1001), -1), ((4, 1029), -1)]  # warp (rows share a warp), warp, block
 # (input, output) storage offsets in elements: misaligned by 1..3, the output aligned or
 # shifted as the input (fp64 at offset 2 is 16-byte aligned again).
@@ -421,16 +426,59 @@ def at_offset(t, offset):
     return view.copy_(t)
 
 
-def check_vector_accesses(emu, shape, dtype, *offsets):
-    """Since the last check: no 16-byte access at a misaligned address, and some 16-byte
-    accesses exactly when every base (at these storage offsets) and some row's start are
-    16-byte aligned."""
-    rows, length = shape
-    bases_aligned = all(o * dtype.itemsize % 16 == 0 for o in offsets)
-    vector_rows = sum(bases_aligned and r * length * dtype.itemsize % 16 == 0 for r in range(rows))
-    aligned, misaligned = emu.vector_accesses()
+def vector_coverage(addresses, t, margin):
+    """The share of the 16-byte vectors lying wholly inside columns [margin, C - margin)
+    of the rows of t (2-D, contiguous) that went through a 16-byte access."""
+    rows, length = t.shape
+    size, base = t.element_size(), t.data_ptr()
+    want = set()
+    for r in range(rows):
+        lo, hi = base + (r * length + margin) * size, base + ((r + 1) * length - margin) * size
+        want.update(range((lo + 15) // 16 * 16, hi - 15, 16))
+    return len(want & addresses) / len(want) if want else 1.0
+
+
+def shifted(t):
+    """Whether some row of t starts off a 16-byte boundary."""
+    return t.data_ptr() % 16 != 0 or t.shape[1] * t.element_size() % 16 != 0
+
+
+def block_forward_scalar(x, out, mode):
+    """What the block forward kernels move column by column when a row is misaligned
+    (Note [Misaligned rows]): the soft output's stores, and the fp32 copy's loads."""
+    if x.shape[-1] <= 1024:
+        return ()
+    return ((x,) if x.dtype == torch.float32 else ()) + ((out,) if mode == "soft" else ())
+
+
+def block_backward_scalar(*tensors):
+    """The block backward kernels move a misaligned row column by column (Note
+    [Misaligned rows]: realigned, it cost more instructions than the scalar accesses)."""
+    return tensors if tensors[0].shape[-1] > 1024 else ()
+
+
+def check_vector_accesses(emu, *tensors, scalar=()):
+    """Since the last check: no 16-byte access at a misaligned address, and the interior
+    of every row of every tensor through 16-byte accesses, aligned or not -- but fp64
+    rows 8 bytes off a boundary take 8 + 16 + 8 bytes per chunk (half of the row's
+    vectors), and the tensors in `scalar` go column by column when misaligned (Note
+    [Misaligned rows]; block_forward_scalar): there only the aligned case is checked."""
+    aligned, misaligned, addresses = emu.vector_accesses()
     assert misaligned == 0
-    assert (aligned > 0) == (vector_rows > 0), (aligned, vector_rows, offsets)
+    for t in tensors:
+        margin = 24 if t.element_size() == 2 else 12  # three chunks each side
+        floor = 0.45 if t.dtype == torch.float64 and shifted(t) else 0.95
+        if any(t is u for u in scalar) and shifted(t):
+            floor = 0.0
+        coverage = vector_coverage(addresses, t, margin)
+        assert coverage >= floor, (coverage, t.dtype, t.shape, t.data_ptr() % 16)
+
+
+def test_vector_coverage_fails_without_vectors():
+    """The check above can fail: no 16-byte accesses cover nothing."""
+    t = torch.zeros(4, 1001)
+    assert vector_coverage(set(), t, 12) == 0.0
+    assert vector_coverage({t.data_ptr() + 16 * i for i in range(4 * 1001 // 4)}, t, 12) > 0.95
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -440,21 +488,21 @@ def test_per_row_alignment_forward(emu, shape, dim, dtype):
     state = state_of(31, 8)
     emu.vector_accesses()
     fresh = {mode: emu.forward(x0, 0.6, mode, dim, state)[0] for mode in MODES}
-    check_vector_accesses(emu, shape, dtype, 0)
     torch.testing.assert_close(fresh["soft"], cpu_forward(x0, 0.6, False, dim, state), **cpu_tol(dtype, shape[dim]))
     assert torch.equal(fresh["hard"], cpu_forward(x0, 0.6, True, dim, state))
     sample = ops.sample(x0, 1, dim, None, state)
     assert torch.equal(fresh["index"].view(sample.shape), sample)
-    for offset, out_offset in OFFSETS:
+    for offset, out_offset in [(0, 0)] + OFFSETS:
         x = at_offset(x0, offset)
+        emu.vector_accesses()
         for mode in ("soft", "hard"):
             out = at_offset(torch.zeros_like(x0), out_offset)
             got, _ = emu.forward(x, 0.6, mode, dim, state, out=out)
             assert torch.equal(got, fresh[mode]), (mode, offset, out_offset)
-            check_vector_accesses(emu, shape, dtype, offset, out_offset)
+            check_vector_accesses(emu, x, out, scalar=block_forward_scalar(x, out, mode))
         index, _ = emu.forward(x, 0.6, "index", dim, state)
         assert torch.equal(index, fresh["index"])
-        check_vector_accesses(emu, shape, dtype, offset)
+        check_vector_accesses(emu, x, scalar=block_forward_scalar(x, None, "index"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -463,20 +511,72 @@ def test_per_row_alignment_backward(emu, shape, dim, dtype):
     x0, g0 = logits(shape, dtype, seed=12), logits(shape, dtype, seed=13)
     state = state_of(37, 4)
     y0, _ = emu.forward(x0, 0.8, "soft", dim, state)
-    emu.vector_accesses()
     soft0, _ = emu.backward(g0, y0, state, 0.8, False, dim)
     hard0, _ = emu.backward(g0, x0, state, 0.8, True, dim)
-    check_vector_accesses(emu, shape, dtype, 0)
     assert torch.equal(soft0, hard0)  # Note [Regenerated y_soft]
     for hard in (False, True):
         expected, _ = ops.gumbel_softmax_backward(g0, x0 if hard else y0, state, 0.8, None, hard, dim, False)
         torch.testing.assert_close(soft0, expected, **backward_tol(dtype, shape[dim], hard))
-    for offset, out_offset in OFFSETS:
+    for offset, out_offset in [(0, 0)] + OFFSETS:
         for hard, saved in ((False, y0), (True, x0)):
-            got, _ = emu.backward(at_offset(g0, offset), at_offset(saved, offset), state, 0.8, hard, dim,
-                                  grad_logits=at_offset(torch.zeros_like(x0), out_offset))
+            g, s = at_offset(g0, offset), at_offset(saved, offset)
+            out = at_offset(torch.zeros_like(x0), out_offset)
+            emu.vector_accesses()
+            got, _ = emu.backward(g, s, state, 0.8, hard, dim, grad_logits=out)
             assert torch.equal(got, soft0), (hard, offset, out_offset)
-            check_vector_accesses(emu, shape, dtype, offset, out_offset)
+            check_vector_accesses(emu, g, s, out, scalar=block_backward_scalar(g, s, out))
+
+
+# A 50257-token vocabulary (3 fp32 rows in 4 misaligned, 7 in 8 of the half types) on the
+# block kernels and 1001 columns on the warp kernels, at every storage offset 1..7 of
+# the input and the output: soft, hard and sample equal to the CPU ops, the backward
+# equal to the aligned run bit for bit, and the rows' interiors through 16-byte accesses.
+VOCAB = [((3, 50257), -1), ((5, 1001), -1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", VOCAB)
+def test_misaligned_rows_forward(emu, shape, dim, dtype):
+    x0 = logits(shape, dtype, seed=21)
+    state = state_of(41, 12)
+    soft_cpu = cpu_forward(x0, 0.9, False, dim, state)
+    hard_cpu = cpu_forward(x0, 0.9, True, dim, state)
+    sample = ops.sample(x0, 1, dim, None, state).view(-1)
+    soft0 = None
+    for offset in range(8):
+        x = at_offset(x0, offset)
+        out_offset = (offset * 5) % 8  # input and output shifted differently
+        emu.vector_accesses()
+        soft, _ = emu.forward(x, 0.9, "soft", dim, state, out=at_offset(torch.zeros_like(x0), out_offset))
+        check_vector_accesses(emu, x, soft, scalar=block_forward_scalar(x, soft, "soft"))
+        torch.testing.assert_close(soft, soft_cpu, **cpu_tol(dtype, shape[dim]))
+        soft0 = soft.clone() if soft0 is None else soft0
+        assert torch.equal(soft, soft0), offset
+        hard, _ = emu.forward(x, 0.9, "hard", dim, state, out=at_offset(torch.zeros_like(x0), offset))
+        check_vector_accesses(emu, x, hard, scalar=block_forward_scalar(x, hard, "hard"))
+        assert torch.equal(hard, hard_cpu), offset
+        index, _ = emu.forward(x, 0.9, "index", dim, state)
+        check_vector_accesses(emu, x, scalar=block_forward_scalar(x, None, "index"))
+        assert torch.equal(index, sample), offset
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", VOCAB)
+def test_misaligned_rows_backward(emu, shape, dim, dtype):
+    x0, g0 = logits(shape, dtype, seed=22), logits(shape, dtype, seed=23)
+    state = state_of(43, 4)
+    y0, _ = emu.forward(x0, 0.7, "soft", dim, state)
+    soft0, _ = emu.backward(g0, y0, state, 0.7, False, dim)
+    expected, _ = ops.gumbel_softmax_backward(g0, y0, state, 0.7, None, False, dim, False)
+    torch.testing.assert_close(soft0, expected, **backward_tol(dtype, shape[dim], False))
+    for offset in range(1, 8):
+        for hard, saved in ((False, y0), (True, x0)):
+            g, s = at_offset(g0, offset), at_offset(saved, (offset * 3) % 8)
+            out = at_offset(torch.zeros_like(x0), (offset * 5) % 8)
+            emu.vector_accesses()
+            got, _ = emu.backward(g, s, state, 0.7, hard, dim, grad_logits=out)
+            check_vector_accesses(emu, g, s, out, scalar=block_backward_scalar(g, s, out))
+            assert torch.equal(got, soft0), (hard, offset)  # Note [Regenerated y_soft] too
 
 
 # --------------------------------------------------------------------------- backward

@@ -48,20 +48,22 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
     const int64_t r = base + my_row;
     const bool valid = r < rows;
     const int64_t start = (valid ? r : 0) * length;
-    // 16-byte accesses for this row? (Note [Per-row vector loads])
-    const bool aligned = row_vectorizable<scalar_t>(start, args.grad, args.saved, args.grad_logits);
     const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
+    // Where the row sits on the 16-byte grid, per tensor (Note [Misaligned rows]), each
+    // taken where it is used: live across the divisions' calls, they spilled.
+    const RowAlignment grad_a = row_alignment<scalar_t>(start, args.grad);
+    const RowAlignment saved_a = row_alignment<scalar_t>(start, args.saved);
     acc_t y[J][V], g[J][V];
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int c0 = (j * W + lw) * V;
       const bool here = valid && c0 < length;
       if (here) {
-        load_chunk<V>(args.grad + start, c0, length, aligned, g[j], acc_t(0));
+        load_chunk<V>(args.grad + start, c0, length, grad_a, g[j], acc_t(0));
         if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) {
-          perturbed_chunk<V>(args.saved + start, c0, length, aligned, seed, offset, r, y[j]);
+          perturbed_chunk<V>(args.saved + start, c0, length, saved_a, seed, offset, r, y[j]);
         } else {
-          load_chunk<V>(args.saved + start, c0, length, aligned, y[j], acc_t(0));
+          load_chunk<V>(args.saved + start, c0, length, saved_a, y[j], acc_t(0));
         }
       } else {
 #pragma unroll
@@ -88,13 +90,19 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
       for (int i = 0; i < V; ++i) dot += g[j][i] * y[j][i];
     dot = warp_allreduce<W>(dot, SumOp());
     acc_t tau_sum = 0;
+    acc_t out[J][V];
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+#pragma unroll
+      for (int i = 0; i < V; ++i) tau_sum += grad_element<kGradTau>(y[j][i], g[j][i], dot, inv_tau, out[j][i]);
+    // Misaligned rows store realigned vectors, with the next chunk's words by shuffles.
+    const RowAlignment out_a = row_alignment<scalar_t>(start, args.grad_logits);
+    const bool misaligned = warp_any_misaligned(out_a);
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int c0 = (j * W + lw) * V;
-      acc_t out[V];
-#pragma unroll
-      for (int i = 0; i < V; ++i) tau_sum += grad_element<kGradTau>(y[j][i], g[j][i], dot, inv_tau, out[i]);
-      if (valid && c0 < length) store_chunk<V>(args.grad_logits + start, c0, length, aligned, out);
+      const NextChunk<scalar_t> next = next_chunk_words<scalar_t, W>(out, j, lw, misaligned, [](acc_t v) { return v; });
+      if (valid && c0 < length) store_chunk<V>(args.grad_logits + start, c0, length, out_a, out[j], next, true);
     }
     if constexpr (kGradTau) {
       tau_sum = warp_allreduce<W>(tau_sum, SumOp());
@@ -126,7 +134,9 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   if (GUMBEL_RUNTIME(args.hard, GUMBEL_EXT_SASS_MODE != 0)) seed_offset(rng, seed, offset);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const int64_t start = r * length;
-    // 16-byte accesses for this row? (Note [Per-row vector loads])
+    // 16-byte accesses for this row? (Note [Per-row vector loads]; a misaligned row goes
+    // column by column here: its realigned loads and shuffled stores cost more SASS per
+    // element than the scalar accesses -- Note [Misaligned rows])
     const bool aligned = row_vectorizable<scalar_t>(start, args.grad, args.saved, args.grad_logits);
     const acc_t inv_tau = row_inv_tau(args.tau_rows, args.inv_tau, r);
     MaxSum<acc_t> st = max_sum_identity<acc_t>();

@@ -60,8 +60,6 @@ __device__ __forceinline__ void seed_offset(const Rng& rng, uint64_t& seed, uint
 }
 
 // ----------------------------------------------------------------------------- math
-__device__ __forceinline__ float acc_exp(float x) { return ::expf(x); }
-__device__ __forceinline__ double acc_exp(double x) { return ::exp(x); }
 __device__ __forceinline__ float acc_log(float x) { return ::logf(x); }
 __device__ __forceinline__ double acc_log(double x) { return ::log(x); }
 
@@ -120,17 +118,16 @@ struct alignas(16) Pack {
 };
 
 // Note [Per-row vector loads]
-// Each row decides for itself (row_vectorizable): a row whose pointers are all 16-byte
-// aligned (every tensor's base, and the row's start) loads and stores its whole chunks with one 16-byte access, and only its last,
-// partial chunk column by column; any other row goes column by column throughout. So a
-// 50257-column fp32 tensor vectorizes the rows that start on a 16-byte boundary (every
-// fourth) where one odd row used to send all of them to scalar loads. The chunks stay on
-// Philox blocks (column 4b), so the noise and the summation order do not depend on the
-// path. A row misaligned by m elements is NOT given a scalar prologue and 16-byte body
-// (as ATen's softmax does): its body chunks would straddle two Philox blocks, and a
-// second Philox block per chunk costs about 15 SASS per element in the warp kernels and
-// 30 in the block ones, more than the scalar accesses' 5..19 (docs/performance.md,
-// "Per-row vector loads").
+// Each row decides for itself, per tensor: a row whose pointer is 16-byte aligned loads
+// and stores its whole chunks with one 16-byte access (two for fp64's 32-byte chunks),
+// and only its last, partial chunk column by column. A row m elements past a boundary
+// (fp32 rows of a 50257 vocabulary: 3 in 4; a view at a storage offset) keeps 16-byte
+// accesses too, with its chunks still on Philox blocks (column 4b): Note [Misaligned
+// rows] in misaligned_chunks.cuh. So the noise, the summation order and every output
+// bit are the same on every path. The kernels take a RowAlignment per tensor
+// (row_alignment); the bool form below (row_vectorizable: every base aligned and the
+// row's start a multiple of 16 bytes, else column by column) stays for callers that do
+// not need misaligned rows.
 
 __host__ __device__ __forceinline__ bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
@@ -146,12 +143,12 @@ __device__ __forceinline__ bool row_vectorizable(int64_t start, const P*... base
   return (aligned16(base) && ...) && (start * int64_t{sizeof(scalar_t)}) % 16 == 0;
 }
 
-// The emulator (tests/emulation/simt.h) counts the 16-byte accesses and checks their
-// alignment; the real build compiles this away.
+// The emulator (tests/emulation/simt.h) records the 16-byte accesses (a 32-byte chunk is
+// two) and checks their alignment; the real build compiles this away.
 #if defined(GUMBEL_EXT_HOST_EMULATION)
-#define GUMBEL_VECTOR_ACCESS(p) ::simt::vector_access(p)
+#define GUMBEL_VECTOR_ACCESS(p, bytes) ::simt::vector_access(p, bytes)
 #else
-#define GUMBEL_VECTOR_ACCESS(p) ((void)0)
+#define GUMBEL_VECTOR_ACCESS(p, bytes) ((void)0)
 #endif
 
 // Loads columns c0 .. c0+V-1 of a contiguous row as acc_t; `aligned` (row_vectorizable)
@@ -162,7 +159,7 @@ __device__ __forceinline__ void load_chunk(const scalar_t* __restrict__ row, int
                                            int64_t length, bool aligned, acc_t (&v)[V],
                                            acc_t fill) {
   if (GUMBEL_RUNTIME(aligned && c0 + V <= length, true)) {
-    GUMBEL_VECTOR_ACCESS(row + c0);
+    GUMBEL_VECTOR_ACCESS(row + c0, sizeof(Pack<scalar_t, V>));
     const Pack<scalar_t, V> p = *reinterpret_cast<const Pack<scalar_t, V>*>(row + c0);
 #pragma unroll
     for (int i = 0; i < V; ++i) v[i] = static_cast<acc_t>(p.v[i]);
@@ -176,7 +173,7 @@ template <int V, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void store_chunk(scalar_t* __restrict__ row, int64_t c0, int64_t length,
                                             bool aligned, const acc_t (&v)[V]) {
   if (GUMBEL_RUNTIME(aligned && c0 + V <= length, true)) {
-    GUMBEL_VECTOR_ACCESS(row + c0);
+    GUMBEL_VECTOR_ACCESS(row + c0, sizeof(Pack<scalar_t, V>));
     Pack<scalar_t, V> p;
 #pragma unroll
     for (int i = 0; i < V; ++i) p.v[i] = static_cast<scalar_t>(v[i]);
@@ -222,10 +219,12 @@ __device__ __forceinline__ void add_noise(acc_t (&x)[V], int64_t c0, uint64_t se
 }
 
 // x = logit + noise for the chunk at c0 of row r; columns past the row are -inf, so
-// they never win a max and add nothing to a sum.
-template <int V, typename scalar_t, typename acc_t>
+// they never win a max and add nothing to a sum. `aligned`: a bool (row_vectorizable),
+// or the row's RowAlignment (misaligned_chunks.cuh), which also gives misaligned rows
+// 16-byte loads; load_chunk's overloads take either.
+template <int V, typename scalar_t, typename acc_t, typename Align>
 __device__ __forceinline__ void perturbed_chunk(const scalar_t* __restrict__ row, int64_t c0,
-                                                int64_t length, bool aligned, uint64_t seed,
+                                                int64_t length, Align aligned, uint64_t seed,
                                                 uint64_t offset, uint64_t r, acc_t (&x)[V]) {
   load_chunk<V>(row, c0, length, aligned, x, neg_inf<acc_t>());
   add_noise<V>(x, c0, seed, offset, r);
@@ -245,10 +244,10 @@ constexpr int chunks_in_flight() {
 
 // perturbed_chunk for chunks k0 + u * stride, u < U (those < chunks; the others are all
 // -inf), with every load issued before the first Philox block.
-template <int U, int V, typename scalar_t, typename acc_t>
+template <int U, int V, typename scalar_t, typename acc_t, typename Align>
 __device__ __forceinline__ void perturbed_chunks(const scalar_t* __restrict__ row, int64_t k0,
                                                  int64_t stride, int64_t chunks, int64_t length,
-                                                 bool aligned, uint64_t seed, uint64_t offset,
+                                                 Align aligned, uint64_t seed, uint64_t offset,
                                                  uint64_t r, acc_t (&x)[U][V]) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
@@ -306,30 +305,6 @@ template <typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> max_sum_identity() {
   return {neg_inf<acc_t>(), acc_t(0)};
 }
-
-template <typename acc_t>
-__device__ __forceinline__ void max_sum_add(MaxSum<acc_t>& st, acc_t x, acc_t inv_tau) {
-  if (x > st.m) {
-    st.s = st.s * acc_exp(scaled_exponent(st.m, x, inv_tau)) + acc_t(1);
-    st.m = x;
-  } else if (x != x) {
-    st.m = x;
-  } else if (x > neg_inf<acc_t>()) {
-    st.s += acc_exp(scaled_exponent(x, st.m, inv_tau));
-  }
-}
-
-template <typename acc_t>
-struct MaxSumOp {
-  acc_t inv_tau;
-  __device__ __forceinline__ MaxSum<acc_t> operator()(MaxSum<acc_t> a, MaxSum<acc_t> b) const {
-    const acc_t m = nan_max(a.m, b.m);
-    if (!is_finite(m)) return {m, a.s + b.s};
-    const acc_t sa = a.m > neg_inf<acc_t>() ? a.s * acc_exp(scaled_exponent(a.m, m, inv_tau)) : acc_t(0);
-    const acc_t sb = b.m > neg_inf<acc_t>() ? b.s * acc_exp(scaled_exponent(b.m, m, inv_tau)) : acc_t(0);
-    return {m, sa + sb};
-  }
-};
 
 // (max m, sum s of exp2((x - m) * scale)) as the block and spatial kernels keep it (Note
 // [exp2 softmax]): a thread folds in a group of G values at a time -- the group's max,

@@ -25,6 +25,24 @@ __device__ __forceinline__ void one_hot_chunk(index_t c0, index_t arg, const One
   for (int i = 0; i < V; ++i) v[i] = c0 + i == arg ? oh.hit : oh.miss;
 }
 
+// The one-hot's next chunk as a realigned store of a misaligned row needs it (Note
+// [Misaligned rows]): computed here, no shuffle.
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ __forceinline__ NextChunk<scalar_t> one_hot_next(index_t c0, index_t arg, const OneHot<acc_t>& oh) {
+  constexpr int V = chunk_size<scalar_t>();
+  NextChunk<scalar_t> next{};
+  next.have = true;
+  if constexpr (sizeof(scalar_t) <= 4) {  // fp64 stores need no neighbour
+    acc_t y[V];
+    one_hot_chunk(c0, arg, oh, y);
+    uint32_t w[chunk_words<scalar_t, V>()];
+    to_words<scalar_t, V>(y, w);
+#pragma unroll
+    for (int i = 0; i < next_words<scalar_t>(); ++i) next.w[i] = w[i];
+  }
+  return next;
+}
+
 // ------------------------------------------------------------------- warp per row
 template <typename scalar_t, int kLog2Chunks>
 __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1>())
@@ -47,14 +65,15 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
     const int64_t r = base + my_row;
     const bool valid = r < rows;
     const scalar_t* row = args.logits + (valid ? r : 0) * length;
-    // 16-byte accesses for this row? (Note [Per-row vector loads]; out is null in index mode)
-    const bool aligned = row_vectorizable<scalar_t>((valid ? r : 0) * length, args.logits, args.out);
+    // Where the row sits on the 16-byte grid, per tensor (Note [Misaligned rows]; out's
+    // where it is stored, out is null in index mode).
+    const RowAlignment in_a = row_alignment<scalar_t>((valid ? r : 0) * length, args.logits);
     acc_t x[J][V];
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int c0 = (j * W + lw) * V;
       if (valid && c0 < length) {
-        perturbed_chunk<V>(row, c0, length, aligned, seed, offset, r, x[j]);
+        perturbed_chunk<V>(row, c0, length, in_a, seed, offset, r, x[j]);
       } else {
 #pragma unroll
         for (int i = 0; i < V; ++i) x[j][i] = neg_inf<acc_t>();
@@ -63,16 +82,21 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
       const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
       const acc_t inv_sum = softmax_registers<W>(x, inv_tau);
-      if (!valid) continue;
-      scalar_t* out = args.out + r * length;
+      // Misaligned rows store realigned vectors, with the next chunk's words by shuffles
+      // (every lane takes part, rows past the end too).
+      const RowAlignment out_a = row_alignment<scalar_t>((valid ? r : 0) * length, args.out);
+      const bool misaligned = warp_any_misaligned(out_a);
+      scalar_t* out = args.out + (valid ? r : 0) * length;
 #pragma unroll
       for (int j = 0; j < J; ++j) {
         const int c0 = (j * W + lw) * V;
-        if (c0 >= length) continue;
+        const NextChunk<scalar_t> next =
+            next_chunk_words<scalar_t, W>(x, j, lw, misaligned, [inv_sum](acc_t e) { return e * inv_sum; });
+        if (!valid || c0 >= length) continue;
         acc_t y[V];
 #pragma unroll
         for (int i = 0; i < V; ++i) y[i] = x[j][i] * inv_sum;
-        store_chunk<V>(out, c0, length, aligned, y);
+        store_chunk<V>(out, c0, length, out_a, y, next, true);
       }
       continue;
     }
@@ -92,13 +116,14 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
     const OneHot<acc_t> one_hot(is_finite(best.v));
     const int arg = static_cast<int>(best.i);  // < length <= kMaxWarpRow
     scalar_t* out = args.out + r * length;
+    const RowAlignment out_a = row_alignment<scalar_t>(r * length, args.out);
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int c0 = (j * W + lw) * V;
       if (c0 >= length) continue;
       acc_t y[V];
       one_hot_chunk(c0, arg, one_hot, y);
-      store_chunk<V>(out, c0, length, aligned, y);
+      store_chunk<V>(out, c0, length, out_a, y, one_hot_next<scalar_t>(c0 + V, arg, one_hot), true);
     }
   }
 }
@@ -118,11 +143,13 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
   constexpr int kU = chunks_in_flight<acc_t, V>();  // chunks per thread in flight
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const scalar_t* row = args.logits + r * length;
-    // 16-byte accesses for this row? (Note [Per-row vector loads]; out is null in index mode)
-    const bool aligned = row_vectorizable<scalar_t>(r * length, args.logits, args.out);
+    // Where the row sits on the 16-byte grid, per tensor (Note [Misaligned rows]; out is
+    // null in index mode).
+    const auto in_a = block_load_alignment<scalar_t>(r * length, args.logits);
+    const RowAlignment out_a = row_alignment<scalar_t>(r * length, args.out);
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kSoft) {
       const acc_t scale = exp2_scale(row_inv_tau(args.tau_rows, args.inv_tau, r));
-      const SoftRow<acc_t> soft(block_stats<V>(row, length, aligned, seed, offset, r, scale, keep_x, xs, scratch), scale);
+      const SoftRow<acc_t> soft(block_stats<V>(row, length, in_a, seed, offset, r, scale, keep_x, xs, scratch), scale);
       scalar_t* out = args.out + r * length;
       for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
         acc_t x[kU][V];
@@ -133,7 +160,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
             if (k < chunks) smem_load_chunk<V>(xs, k, x[u]);
           }
         } else {
-          perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+          perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, in_a, seed, offset, r, x);
         }
 #pragma unroll
         for (int u = 0; u < kU; ++u) {
@@ -141,7 +168,8 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
           if (k >= chunks) break;
 #pragma unroll
           for (int i = 0; i < V; ++i) x[u][i] = soft(x[u][i]);
-          store_chunk<V>(out, k * V, length, aligned, x[u]);
+          // (a misaligned row's stores go column by column here: Note [Misaligned rows])
+          store_chunk<V>(out, k * V, length, out_a, x[u]);
         }
       }
       continue;
@@ -151,7 +179,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     int64_t best_c = int64_t{threadIdx.x} * V;
     for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
       acc_t x[kU][V];
-      perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, aligned, seed, offset, r, x);
+      perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, in_a, seed, offset, r, x);
 #pragma unroll
       for (int u = 0; u < kU; ++u) {
         const int64_t c0 = (k0 + u * int64_t{blockDim.x}) * V;
@@ -170,7 +198,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
     for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) {
       acc_t y[V];
       one_hot_chunk(k * V, best.i, one_hot, y);
-      store_chunk<V>(out, k * V, length, aligned, y);
+      store_chunk<V>(out, k * V, length, out_a, y, one_hot_next<scalar_t>(k * V + V, best.i, one_hot), true);
     }
   }
 }

@@ -5,7 +5,7 @@
 // bit for bit.
 #pragma once
 
-#include "common.cuh"
+#include "misaligned_chunks.cuh"
 
 namespace gumbel_ext {
 namespace cuda {
@@ -110,9 +110,10 @@ __device__ __forceinline__ acc_t softmax_registers(acc_t (&x)[J][V], acc_t inv_t
 // ---- block per row: thread t holds chunks k = t, t + T, ...; with `keep`, `xs` (shared
 // memory, chunk k at xs + k * V: smem_store_chunk) keeps x for a second pass (a bool, not
 // a null test of xs, which rebuilt the generic shared address in every iteration). `scale` = exp2_scale(inv_tau).
-template <int V, typename scalar_t, typename acc_t>
+// `aligned`: a bool (Note [Per-row vector loads]) or a RowAlignment (Note [Misaligned rows]).
+template <int V, typename scalar_t, typename acc_t, typename Align>
 __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict__ row,
-                                                     int64_t length, bool aligned, uint64_t seed,
+                                                     int64_t length, Align aligned, uint64_t seed,
                                                      uint64_t offset, uint64_t r, acc_t scale,
                                                      bool keep, acc_t* xs, void* scratch) {
   constexpr int U = chunks_in_flight<acc_t, V>();

@@ -315,10 +315,22 @@ void emu_neg_log(const float* x, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = gumbel_ext::neg_log_positive(x[i]);
 }
 
-// The 16-byte accesses since the last call: counts[0] aligned, counts[1] misaligned.
-void emu_vector_accesses(int64_t* counts) {
-  counts[0] = simt::vector_accesses().aligned.exchange(0);
-  counts[1] = simt::vector_accesses().misaligned.exchange(0);
+// How many 16-byte accesses emu_vector_accesses has to report.
+int64_t emu_vector_access_count() {
+  std::lock_guard<std::mutex> lock(simt::vector_accesses().mutex);
+  return static_cast<int64_t>(simt::vector_accesses().addresses.size());
+}
+
+// The 16-byte accesses since the last call: counts[0] aligned, counts[1] misaligned,
+// counts[2] addresses, of which the first `capacity` go to `addresses`.
+void emu_vector_accesses(int64_t* counts, int64_t* addresses, int64_t capacity) {
+  simt::VectorAccesses& v = simt::vector_accesses();
+  counts[0] = v.aligned.exchange(0);
+  counts[1] = v.misaligned.exchange(0);
+  std::lock_guard<std::mutex> lock(v.mutex);
+  counts[2] = static_cast<int64_t>(v.addresses.size());
+  for (int64_t i = 0; i < capacity && i < counts[2]; ++i) addresses[i] = static_cast<int64_t>(v.addresses[i]);
+  v.addresses.clear();
 }
 
 }  // extern "C"

@@ -184,16 +184,26 @@ inline void backoff() { std::this_thread::yield(); }
 // The kernels' 16-byte global accesses (Note [Per-row vector loads]), counted, with
 // those at an address that is not 16-byte aligned -- a fault on a GPU, silently fine on
 // the host -- counted apart.
+// The addresses are kept too, so that a test can check which of a row's 16-byte
+// vectors went through one access (Note [Misaligned rows]).
 struct VectorAccesses {
   std::atomic<int64_t> aligned{0}, misaligned{0};
+  std::mutex mutex;
+  std::vector<uintptr_t> addresses;
 };
 inline VectorAccesses& vector_accesses() {
   static VectorAccesses counts;
   return counts;
 }
-inline void vector_access(const void* p) {
+// One access of `bytes` (16, or 32: two 16-byte accesses on the GPU) at p.
+inline void vector_access(const void* p, size_t bytes = 16) {
   VectorAccesses& counts = vector_accesses();
-  (reinterpret_cast<uintptr_t>(p) % 16 == 0 ? counts.aligned : counts.misaligned).fetch_add(1);
+  for (size_t at = 0; at < bytes; at += 16) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p) + at;
+    (address % 16 == 0 ? counts.aligned : counts.misaligned).fetch_add(1);
+    std::lock_guard<std::mutex> lock(counts.mutex);
+    counts.addresses.push_back(address);
+  }
 }
 
 }  // namespace simt
@@ -227,6 +237,39 @@ T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width) {
   }
   b.warps[warp]->wait();
   return result;
+}
+
+// Lane srcLane % width of the caller's group of `width` lanes; every lane of the warp
+// must call it.
+template <typename T>
+T __shfl_sync(unsigned /*mask*/, T value, int src_lane, int width) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of at most 8 bytes");
+  simt::Block& b = *simt::t_block;
+  const int lane = simt::t_linear % 32, warp = simt::t_linear / 32;
+  uint64_t mine = 0;
+  std::memcpy(&mine, &value, sizeof(T));
+  b.slots[simt::t_linear] = mine;
+  b.warps[warp]->wait();
+  const int src = lane / width * width + src_lane % width;
+  T result = value;
+  if (warp * 32 + src < b.threads) {
+    const uint64_t theirs = b.slots[warp * 32 + src];
+    std::memcpy(&result, &theirs, sizeof(T));
+  }
+  b.warps[warp]->wait();
+  return result;
+}
+
+// Whether `predicate` holds on any lane of the warp; every lane must call it.
+inline int __any_sync(unsigned /*mask*/, int predicate) {
+  simt::Block& b = *simt::t_block;
+  const int warp = simt::t_linear / 32;
+  b.slots[simt::t_linear] = predicate != 0;
+  b.warps[warp]->wait();
+  bool any = false;
+  for (int l = warp * 32; l < std::min(warp * 32 + 32, b.threads); ++l) any = any || b.slots[l] != 0;
+  b.warps[warp]->wait();
+  return any;
 }
 
 #define GUMBEL_EXT_HOST_EMULATION 1
