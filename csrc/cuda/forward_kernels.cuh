@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
   const int64_t my_row = threadIdx.x / kWarpSize * R + lane / W;
   for (int64_t base = blockIdx.x * rows_per_block; base < rows; base += gridDim.x * rows_per_block) {
     int lw = lane % W;  // see loop_variant
-    if constexpr (warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1>() != 0) lw = loop_variant(lw);
+    if constexpr (warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1>() == 8) lw = loop_variant(lw);
     // Rows past the end still take part in the shuffles, as empty rows.
     const int64_t r = base + my_row;
     const bool valid = r < rows;

@@ -15,20 +15,23 @@ constexpr int kWarpRowThreads = 128;
 // Note [Warp kernels' occupancy]
 // Blocks per SM the warp-per-row kernels are compiled for (__launch_bounds__'s minimum),
 // from the acc_t registers a lane holds for its row (x in the forward; y and the gradient,
-// kArrays = 2, in the backward). Up to 32 such registers: 8 blocks of 128 threads per SM,
-// a 64-register cap, and one wave at 4096 x 1000 (1024 blocks, 132 SMs x 8 = 1056 on an
-// H200); none of these spills on sm_80 or sm_90 (scripts/check_cuda_compile.py), given
-// loop_variant below. Beyond, 8 blocks would spill: those kernels ask for 4 (a 128-register
-// cap; left to itself ptxas picked 32 registers for the bf16 rows of 32 chunks and
-// spilled, and 134 for the fp32 backward of 1024 columns, 3 blocks per SM), except the
-// fp64 backward of 512 and 1024 columns (64 and 128 registers of y and g), which asks for
-// nothing. Occupancy per dtype: docs/performance.md, "Warp kernels' occupancy".
+// kArrays = 2, in the backward). Under 32 such registers: 8 blocks of 128 threads per SM,
+// a 64-register cap, one wave for 4096 rows; none of these spills on sm_80 or sm_90
+// (scripts/check_cuda_compile.py), given loop_variant below. At 32 and beyond -- the fp32
+// rows of 1024 columns (4096 x 1000), the half rows of 1024 -- the cap spilled once the
+// kernels also carried the realigned loads and stores of misaligned rows (Note [Misaligned
+// rows]: 32..64 B in the forward, 180..312 B in the backward), so those forward kernels ask
+// for 4 blocks (a 128-register cap; left to itself ptxas picked 32 registers for the bf16
+// rows of 32 chunks and spilled) and those backward kernels for nothing (ptxas picks, e.g.
+// 134 registers for the fp32 backward of 1024 columns). One wave at 4096 x 1000 would need
+// a copy of the kernels without the realigning code for tensors whose rows are all
+// aligned. Occupancy per dtype: docs/performance.md, "Warp kernels' occupancy".
 template <typename scalar_t, int L, int kArrays>
 constexpr int warp_row_blocks_per_sm() {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int W = (1 << L) < kWarpSize ? (1 << L) : kWarpSize;
   constexpr int regs = kArrays * (1 << L) / W * chunk_size<scalar_t>() * static_cast<int>(sizeof(acc_t) / 4);
-  return regs <= 32 ? 8 : kArrays == 1 || sizeof(acc_t) == 4 ? 4 : 0;
+  return regs < 32 ? 8 : kArrays == 1 ? 4 : 0;
 }
 
 // `v`, as a value ptxas must recompute in every iteration of the loop it is used in.
