@@ -57,6 +57,37 @@ void with_log2(int l, F&& f) {
 
 int finish() { return simt::Barrier::deadlocks().exchange(0) == 0 ? 0 : -2; }
 
+// The kernels' argument structs from the C entry points' untyped pointers: one place
+// for the row kernels and the split kernels alike.
+template <typename scalar_t>
+ForwardArgs<scalar_t> forward_args(const void* logits, void* out, int64_t* indices, const void* tau_rows,
+                                   double inv_tau, int mode) {
+  using acc_t = at::opmath_type<scalar_t>;
+  ForwardArgs<scalar_t> args;
+  args.logits = static_cast<const scalar_t*>(logits);
+  args.out = static_cast<scalar_t*>(out);
+  args.indices = indices;
+  args.tau_rows = static_cast<const acc_t*>(tau_rows);
+  args.inv_tau = inv_tau;
+  args.mode = static_cast<Mode>(mode);
+  return args;
+}
+
+template <typename scalar_t>
+BackwardArgs<scalar_t> backward_args(const void* grad, const void* saved, void* grad_logits, void* grad_tau,
+                                     const void* tau_rows, double inv_tau, int hard) {
+  using acc_t = at::opmath_type<scalar_t>;
+  BackwardArgs<scalar_t> args;
+  args.grad = static_cast<const scalar_t*>(grad);
+  args.saved = static_cast<const scalar_t*>(saved);
+  args.grad_logits = static_cast<scalar_t*>(grad_logits);
+  args.grad_tau = static_cast<acc_t*>(grad_tau);
+  args.tau_rows = static_cast<const acc_t*>(tau_rows);
+  args.inv_tau = inv_tau;
+  args.hard = hard != 0;
+  return args;
+}
+
 // A split kernel (Note [Split rows]) over `groups` row groups of P blocks: as clusters
 // (P blocks at a time, no workspace), or as one cooperative grid whose groups exchange
 // through a zeroed workspace, all blocks at once.
@@ -95,15 +126,8 @@ int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int 
   const Rng r = make_rng(rng_kind, rng, intragraph, record);
   const int rc = with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
     constexpr int V = chunk_size<scalar_t>();
-    ForwardArgs<scalar_t> args;
-    args.logits = static_cast<const scalar_t*>(logits);
-    args.out = static_cast<scalar_t*>(out);
-    args.indices = indices;
-    args.tau_rows = static_cast<const acc_t*>(tau_rows);
-    args.inv_tau = inv_tau;
-    args.mode = static_cast<Mode>(mode);
+    const ForwardArgs<scalar_t> args = forward_args<scalar_t>(logits, out, indices, tau_rows, inv_tau, mode);
     const int64_t rows = shape.rows();
     if (inner > 1) {
       const SpatialLaunch launch = spatial_launch<scalar_t>(args.mode == Mode::kSoft, shape, smem_budget);
@@ -140,16 +164,9 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
   r.replay = rng_state;
   const int rc = with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
     constexpr int V = chunk_size<scalar_t>();
-    BackwardArgs<scalar_t> args;
-    args.grad = static_cast<const scalar_t*>(grad);
-    args.saved = static_cast<const scalar_t*>(saved);
-    args.grad_logits = static_cast<scalar_t*>(grad_logits);
-    args.grad_tau = static_cast<acc_t*>(grad_tau);
-    args.tau_rows = static_cast<const acc_t*>(tau_rows);
-    args.inv_tau = inv_tau;
-    args.hard = hard != 0;
+    const BackwardArgs<scalar_t> args =
+        backward_args<scalar_t>(grad, saved, grad_logits, grad_tau, tau_rows, inv_tau, hard);
     const int64_t rows = shape.rows();
     // The tau gradient is a template parameter of the kernels, as in backward.cu.
     auto run = [&](auto grad_tau_tag) {
@@ -239,14 +256,7 @@ int emu_split_forward(int dtype, const void* logits, void* out, int64_t* indices
   r.replay = rng_state;
   const int rc = with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    ForwardArgs<scalar_t> args;
-    args.logits = static_cast<const scalar_t*>(logits);
-    args.out = static_cast<scalar_t*>(out);
-    args.indices = indices;
-    args.tau_rows = static_cast<const acc_t*>(tau_rows);
-    args.inv_tau = inv_tau;
-    args.mode = static_cast<Mode>(mode);
+    const ForwardArgs<scalar_t> args = forward_args<scalar_t>(logits, out, indices, tau_rows, inv_tau, mode);
     const SplitShape s = split_shape<scalar_t>(parts, length, max_threads);
     launch_split<ForwardArgs<scalar_t>>(split_forward_kernel<scalar_t, true>, split_forward_kernel<scalar_t, false>,
                                         cluster != 0, groups, args, rows, length, s,
@@ -262,15 +272,8 @@ int emu_split_backward(int dtype, const void* grad, const void* saved, void* gra
   r.replay = rng_state;
   const int rc = with_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    using acc_t = at::opmath_type<scalar_t>;
-    BackwardArgs<scalar_t> args;
-    args.grad = static_cast<const scalar_t*>(grad);
-    args.saved = static_cast<const scalar_t*>(saved);
-    args.grad_logits = static_cast<scalar_t*>(grad_logits);
-    args.grad_tau = static_cast<acc_t*>(grad_tau);
-    args.tau_rows = static_cast<const acc_t*>(tau_rows);
-    args.inv_tau = inv_tau;
-    args.hard = hard != 0;
+    const BackwardArgs<scalar_t> args =
+        backward_args<scalar_t>(grad, saved, grad_logits, grad_tau, tau_rows, inv_tau, hard);
     const SplitShape s = split_shape<scalar_t>(parts, length, max_threads);
     const size_t smem = split_smem<scalar_t>(s, args.hard);
     if (args.grad_tau != nullptr) {

@@ -219,45 +219,43 @@ inline void vector_access(const void* p, size_t bytes = 16) {
 
 inline void __syncthreads() { simt::t_block->sync.wait(); }
 
-// Every lane of the warp must call it (the kernels use the full mask).
-template <typename T>
-T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width) {
+namespace simt {
+// A warp shuffle: every lane of the warp posts `value`, then takes lane src_of(lane)'s
+// (or keeps its own when src_of says -1 or names a lane past the block).
+template <typename T, typename Src>
+T shuffle(T value, Src src_of) {
   static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of at most 8 bytes");
-  simt::Block& b = *simt::t_block;
-  const int lane = simt::t_linear % 32, warp = simt::t_linear / 32;
+  Block& b = *t_block;
+  const int lane = t_linear % 32, warp = t_linear / 32;
   uint64_t mine = 0;
   std::memcpy(&mine, &value, sizeof(T));
-  b.slots[simt::t_linear] = mine;
+  b.slots[t_linear] = mine;
   b.warps[warp]->wait();
-  const int src = lane ^ lane_mask;
+  const int src = src_of(lane);
   T result = value;
-  if (src / width == lane / width && warp * 32 + src < b.threads) {
+  if (src >= 0 && warp * 32 + src < b.threads) {
     const uint64_t theirs = b.slots[warp * 32 + src];
     std::memcpy(&result, &theirs, sizeof(T));
   }
   b.warps[warp]->wait();
   return result;
 }
+}  // namespace simt
+
+// Every lane of the warp must call it (the kernels use the full mask).
+template <typename T>
+T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask, int width) {
+  return simt::shuffle(value, [&](int lane) {
+    const int src = lane ^ lane_mask;
+    return src / width == lane / width ? src : -1;
+  });
+}
 
 // Lane srcLane % width of the caller's group of `width` lanes; every lane of the warp
 // must call it.
 template <typename T>
 T __shfl_sync(unsigned /*mask*/, T value, int src_lane, int width) {
-  static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of at most 8 bytes");
-  simt::Block& b = *simt::t_block;
-  const int lane = simt::t_linear % 32, warp = simt::t_linear / 32;
-  uint64_t mine = 0;
-  std::memcpy(&mine, &value, sizeof(T));
-  b.slots[simt::t_linear] = mine;
-  b.warps[warp]->wait();
-  const int src = lane / width * width + src_lane % width;
-  T result = value;
-  if (warp * 32 + src < b.threads) {
-    const uint64_t theirs = b.slots[warp * 32 + src];
-    std::memcpy(&result, &theirs, sizeof(T));
-  }
-  b.warps[warp]->wait();
-  return result;
+  return simt::shuffle(value, [&](int lane) { return lane / width * width + src_lane % width; });
 }
 
 // Whether `predicate` holds on any lane of the warp; every lane must call it.
