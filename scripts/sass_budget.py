@@ -43,19 +43,19 @@ COPY_BW = 4.3e12  # H200 measured copy bandwidth, bytes / s
 Probe = Tuple[int, str, int, List[int], int, float, int]
 PROBES: Dict[str, Probe] = {
     "noise (one draw)": (0, "noise_probe", 1, [4], 0, 45, 0),
-    "soft fwd, warp/row (4096x1000)": (0, "warp_forward_kernel", 1, [32], 8, 58, 0),
+    "soft fwd, warp/row (4096x1000)": (0, "warp_forward_kernelIfLi8ELb1E", 1, [32], 8, 58, 0),
     "soft fwd, block/row, x on chip (8192x32000)": (0, "block_forward_kernel", 1, [16], 8, 58, 0),
     "soft fwd, block/row, regenerated (64x128256)": (0, "block_forward_kernel", 0, [16], 8, 58, 0),
     "soft fwd, spatial": (0, "spatial_forward_kernel", 1, [4], 8, 58, 0),
-    "hard fwd, warp/row (4096x1000)": (1, "warp_forward_kernel", 1, [32], 8, 52, 0),
+    "hard fwd, warp/row (4096x1000)": (1, "warp_forward_kernelIfLi8ELb1E", 1, [32], 8, 52, 0),
     "hard fwd, block/row (64x128256)": (1, "block_forward_kernel", 0, [16, 4], 8, 52, 0),
     "hard fwd, spatial": (1, "spatial_forward_kernel", 1, [4], 8, 52, 0),
-    "sample, warp/row (4096x1000)": (2, "warp_forward_kernel", 1, [32], 4, 52, 0),
+    "sample, warp/row (4096x1000)": (2, "warp_forward_kernelIfLi8ELb0E", 1, [32], 4, 52, 0),
     "sample, block/row (64x128256)": (2, "block_forward_kernel", 0, [16], 4, 52, 0),
-    "soft bwd, warp/row (4096x1000)": (0, "warp_backward_kernel", 1, [32], 12, 20, 0),
+    "soft bwd, warp/row (4096x1000)": (0, "warp_backward_kernelIfLi8ELb0ELb0E", 1, [32], 12, 20, 0),
     "soft bwd, block/row (8192x32000)": (0, "block_backward_kernel", 1, [4], 12, 20, 0),
     "soft bwd, block/row (64x128256)": (0, "block_backward_kernel", 0, [4], 12, 20, 0),
-    "hard bwd, warp/row (4096x1000)": (1, "warp_backward_kernel", 1, [32], 12, 62, 0),
+    "hard bwd, warp/row (4096x1000)": (1, "warp_backward_kernelIfLi8ELb0ELb0E", 1, [32], 12, 62, 0),
     "hard bwd, block/row, on chip (8192x32000)": (1, "block_backward_kernel", 1, [16, 4], 12, 62, 0),
     "hard bwd, block/row, regenerated (64x128256)": (1, "block_backward_kernel", 0, [16, 4], 12, 62, 0),
     # Rows split across a cluster (Note [Split rows]): x always on chip, its noise drawn once.
@@ -67,11 +67,11 @@ PROBES: Dict[str, Probe] = {
     # The same kernels on rows that start 4 bytes past a 16-byte boundary (Note
     # [Misaligned rows]): budget as the aligned row's. (The fp32 block kernels move such
     # rows column by column: the "scalar" counts in docs/performance.md.)
-    "soft fwd, warp/row, misaligned rows (4096x1000+1)": (0, "warp_forward_kernel", 1, [32], 8, 58, 1),
-    "hard fwd, warp/row, misaligned rows (4096x1000+1)": (1, "warp_forward_kernel", 1, [32], 8, 52, 1),
-    "sample, warp/row, misaligned rows (4096x1000+1)": (2, "warp_forward_kernel", 1, [32], 4, 52, 1),
-    "soft bwd, warp/row, misaligned rows (4096x1000+1)": (0, "warp_backward_kernel", 1, [32], 12, 20, 1),
-    "hard bwd, warp/row, misaligned rows (4096x1000+1)": (1, "warp_backward_kernel", 1, [32], 12, 62, 1),
+    "soft fwd, warp/row, misaligned rows (4096x1000+1)": (0, "warp_forward_kernelIfLi8ELb0E", 1, [32], 8, 58, 1),
+    "hard fwd, warp/row, misaligned rows (4096x1000+1)": (1, "warp_forward_kernelIfLi8ELb0E", 1, [32], 8, 52, 1),
+    "sample, warp/row, misaligned rows (4096x1000+1)": (2, "warp_forward_kernelIfLi8ELb0E", 1, [32], 4, 52, 1),
+    "soft bwd, warp/row, misaligned rows (4096x1000+1)": (0, "warp_backward_kernelIfLi8ELb0ELb0E", 1, [32], 12, 20, 1),
+    "hard bwd, warp/row, misaligned rows (4096x1000+1)": (1, "warp_backward_kernelIfLi8ELb0ELb0E", 1, [32], 12, 62, 1),
 }
 # Counts above their issue-#11 budget today, with the ceiling CI holds them under: the
 # latest count plus 5% for compiler drift, so a regression fails. Why each is over, and
@@ -80,7 +80,7 @@ KNOWN_OVER: Dict[str, float] = {
     "soft fwd, block/row, x on chip (8192x32000)": 65.5,
     "soft fwd, block/row, regenerated (64x128256)": 109.5,
     "soft fwd, spatial": 67,
-    "hard fwd, warp/row (4096x1000)": 56,
+    "hard fwd, warp/row (4096x1000)": 61,
     "hard fwd, block/row (64x128256)": 63,
     "hard fwd, spatial": 65.5,
     "sample, block/row (64x128256)": 55.5,

@@ -460,13 +460,15 @@ def test_split_rows_straight_through_equals_soft_bitwise(dtype):
         torch.testing.assert_close(soft[0].cpu(), gl_cpu, **backward_tol(dtype, 128256, False))
 
 
-_SPLIT_OUTPUTS = """
+# The outputs of every op at (rows, cols, dtype) = argv[2:5], saved to argv[1].
+_ENV_OUTPUTS = """
 import sys, torch
 import gumbel_ext  # noqa: F401 (registers the ops)
 ops = torch.ops.gumbel_ext
+rows, cols, dtype = int(sys.argv[2]), int(sys.argv[3]), getattr(torch, sys.argv[4])
 gen = torch.Generator().manual_seed(24)
-x = (torch.randn(64, 128256, generator=gen) * 3).cuda()
-grad = torch.randn(64, 128256, generator=gen).cuda()
+x = (torch.randn(rows, cols, generator=gen) * 3).to(dtype).cuda()
+grad = torch.randn(rows, cols, generator=gen).to(dtype).cuda()
 state = torch.tensor([41, 16], dtype=torch.int64, device="cuda")
 soft, _ = ops.gumbel_softmax_forward(x, 0.7, None, False, -1, None, state)
 hard, _ = ops.gumbel_softmax_forward(x, 0.7, None, True, -1, None, state)
@@ -478,17 +480,22 @@ torch.save({k: v.cpu() for k, v in dict(soft=soft, hard=hard, index=index, soft_
 """
 
 
-def _split_outputs(tmp_path, setting):
-    """The outputs of _SPLIT_OUTPUTS in a fresh process with GUMBEL_EXT_SPLIT=setting
-    (read once per process)."""
+def _env_outputs(tmp_path, variable, setting, rows, cols, dtype="float32"):
+    """The outputs of _ENV_OUTPUTS in a fresh process with variable=setting (the launch
+    settings are read once per process)."""
     import os
     import subprocess
     import sys
 
-    out = tmp_path / f"{setting}.pt"
-    env = dict(os.environ, GUMBEL_EXT_SPLIT=setting)
-    subprocess.run([sys.executable, "-c", _SPLIT_OUTPUTS, str(out)], env=env, check=True, timeout=300)
+    out = tmp_path / f"{variable}-{setting}-{rows}x{cols}-{dtype}.pt"
+    env = dict(os.environ, **{variable: setting})
+    subprocess.run([sys.executable, "-c", _ENV_OUTPUTS, str(out), str(rows), str(cols), dtype], env=env, check=True,
+                   timeout=300)
     return torch.load(out)
+
+
+def _split_outputs(tmp_path, setting):
+    return _env_outputs(tmp_path, "GUMBEL_EXT_SPLIT", setting, 64, 128256)
 
 
 def test_split_exchanges_agree_bitwise_and_match_one_block_per_row(tmp_path):
@@ -503,6 +510,28 @@ def test_split_exchanges_agree_bitwise_and_match_one_block_per_row(tmp_path):
     assert torch.equal(auto["soft_bwd"], auto["hard_bwd"])  # Note [Regenerated y_soft]
     torch.testing.assert_close(auto["soft"], off["soft"], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(auto["soft_bwd"], off["soft_bwd"], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------- the warp kernels' two copies
+# Note [Warp kernels' occupancy] (csrc/cuda/rows.cuh): aligned rows of 1000 columns run
+# the aligned-rows copy at 8 blocks per SM (one wave at 4096 x 1000), index mode and
+# misaligned rows the general one; GUMBEL_EXT_ALIGNED_ROWS=off forces the general one.
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_warp_aligned_rows_copy_runs_and_matches_the_general_copy(tmp_path, dtype):
+    x = make_logits((4096, 1000), getattr(torch, dtype), seed=22)
+    state = rng_state(0xBEEF, 8)
+    chunks = 8 if dtype == "float32" else 7  # log2 of the padded chunks per row
+    _assert_launches(lambda: forward(x, 0.8, False, -1, state), f"warp_forward_kernel<{dtype_name(dtype)}, {chunks}, true>")
+    _assert_launches(lambda: ops.sample(x, 1, -1, None, state), f"warp_forward_kernel<{dtype_name(dtype)}, {chunks}, false>")
+    auto, off = (_env_outputs(tmp_path, "GUMBEL_EXT_ALIGNED_ROWS", s, 4096, 1000, dtype) for s in ("auto", "off"))
+    for key in auto:
+        assert torch.equal(auto[key], off[key]), key
+    assert torch.equal(auto["soft_bwd"], auto["hard_bwd"])  # Note [Regenerated y_soft]
+
+
+def dtype_name(dtype):
+    """The C++ type of a dtype in a demangled kernel name."""
+    return {"float32": "float", "bfloat16": "c10::BFloat16"}[dtype]
 
 
 # ------------------------------------------------------------------------ CUDA graphs

@@ -79,6 +79,7 @@ class Emulator:
         lib.emu_vector_accesses.argtypes = [vp, vp, i64]
         lib.emu_vector_access_count.restype = i64
         lib.emu_spatial_launch.argtypes = [i32, i32, i64, i64, i64, i64, vp]
+        lib.emu_last_warp_launch.argtypes = [vp]
 
     def forward(self, x, tau, mode, dim, state, tau_rows=None, rng_kind=0, intragraph=0,
                 smem=BIG_SMEM, grid_cap=3, out=None):
@@ -112,6 +113,13 @@ class Emulator:
         """(blockDim.x, blockDim.y, keep_x, bytes) the spatial launchers pick."""
         out = torch.zeros(4, dtype=torch.int64)
         assert self.lib.emu_spatial_launch(DTYPE_CODE[dtype], int(needs_x_twice), *layout(shape, dim), smem, _p(out)) == 0
+        return tuple(out.tolist())
+
+    def last_warp_launch(self):
+        """(aligned-rows copy, blocks per SM of its launch bound, rows per block) of the
+        last warp-per-row launch (Note [Warp kernels' occupancy])."""
+        out = torch.zeros(3, dtype=torch.int64)
+        self.lib.emu_last_warp_launch(_p(out))
         return tuple(out.tolist())
 
     def vector_accesses(self):
@@ -414,7 +422,9 @@ def test_unaligned_pointers(emu):
 # starts inside it with the next chunk's words from a shuffle. The result may not depend
 # on the path: the same bits as the same values in fresh tensors, and the CPU op's on the
 # same noise.
-PER_ROW = [((9, 50), -1), ((9, 1001), -1), ((4, 1029), -1)]  # warp (rows share a warp), warp, block
+# warp (rows share a warp), warp (aligned: the aligned-rows copy, Note [Warp kernels'
+# occupancy]; at an offset the general copy), warp, block
+PER_ROW = [((9, 50), -1), ((9, 1000), -1), ((9, 1001), -1), ((4, 1029), -1)]
 # (input, output) storage offsets in elements: misaligned by 1..3, the output aligned or
 # shifted as the input (fp64 at offset 2 is 16-byte aligned again).
 OFFSETS = [(1, 0), (1, 1), (2, 2), (3, 3)]
@@ -525,6 +535,44 @@ def test_per_row_alignment_backward(emu, shape, dim, dtype):
             got, _ = emu.backward(g, s, state, 0.8, hard, dim, grad_logits=out)
             assert torch.equal(got, soft0), (hard, offset, out_offset)
             check_vector_accesses(emu, g, s, out, scalar=block_backward_scalar(g, s, out))
+
+
+# Note [Warp kernels' occupancy]: which copy of a warp kernel runs, and its launch bound.
+H200_SMS = 132
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_warp_kernel_copies(emu, dtype):
+    """Aligned rows of 1000 columns run the aligned-rows copy: the forward (soft, hard) at
+    8 blocks of 128 threads per SM where the row takes 32 registers (fp32, fp16, bf16) --
+    one wave at 4096 x 1000 on an H200 -- and the half types' backward at 4. Index mode, misaligned
+    rows (a storage offset, a length off the 16-byte grid) and rows the general copy
+    already serves alike run the general copy."""
+    state = state_of(5, 0)
+    x = logits((8, 1000), dtype, seed=3)
+    one_row_regs = dtype != torch.float64  # fp64: 64 registers of x
+    for mode in ("soft", "hard"):
+        emu.forward(x, 1.0, mode, -1, state)
+        copy, blocks, per_block = emu.last_warp_launch()
+        assert (copy, blocks) == ((1, 8) if one_row_regs else (0, 4)), mode
+        if one_row_regs:
+            assert math.ceil(4096 / per_block) <= H200_SMS * blocks, "one wave at 4096 x 1000"
+    emu.forward(x, 1.0, "index", -1, state)
+    assert emu.last_warp_launch()[:2] == (0, 4)
+    emu.forward(at_offset(x, 1), 1.0, "soft", -1, state)
+    assert emu.last_warp_launch()[:2] == (0, 4)
+    emu.forward(logits((8, 1001), dtype, seed=3), 1.0, "soft", -1, state)
+    assert emu.last_warp_launch()[:2] == (0, 4)
+    emu.forward(logits((8, 200), dtype, seed=3), 1.0, "soft", -1, state)
+    assert emu.last_warp_launch()[:2] == (0, 8)
+    y, _ = emu.forward(x, 1.0, "soft", -1, state)
+    g = logits((8, 1000), dtype, seed=4)
+    for hard, saved in ((False, y), (True, x)):
+        emu.backward(g, saved, state, 1.0, hard, -1)
+        half = dtype in (torch.float16, torch.bfloat16)  # fp32 spilled at 4 (Note [Warp kernels' occupancy])
+        assert emu.last_warp_launch()[:2] == ((1, 4) if half else (0, 0)), hard
+        emu.backward(g, at_offset(saved, 1), state, 1.0, hard, -1)
+        assert emu.last_warp_launch()[:2] == (0, 0)
 
 
 # A 50257-token vocabulary (3 fp32 rows in 4 misaligned, 7 in 8 of the half types) on the

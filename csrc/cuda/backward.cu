@@ -4,6 +4,7 @@
 // Note [Regenerated y_soft] -- so nothing of the logits' size is kept between passes.
 #include "backward_kernels.cuh"
 #include "split_rows.h"
+#include "warp_rows_setting.h"
 
 namespace gumbel_ext {
 namespace cuda {
@@ -24,9 +25,12 @@ template <typename scalar_t, int L>
 void launch_warp_backward(const BackwardArgs<scalar_t>& args, int64_t rows, int length,
                           const Rng& rng, cudaStream_t stream) {
   const int64_t blocks = std::min(ceil_div(rows, warp_rows_per_block<L>()), kMaxGrid);
+  const bool aligned = aligned_rows_copy_enabled() && warp_backward_aligned_copy(args, length);
   with_grad_tau(args, [&](auto grad_tau) {
-    warp_backward_kernel<scalar_t, L, decltype(grad_tau)::value>
-        <<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(args, rows, length, rng);
+    with_warp_rows_copy<scalar_t, L, 2>(aligned, [&](auto copy) {
+      warp_backward_kernel<scalar_t, L, decltype(grad_tau)::value, decltype(copy)::value>
+          <<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(args, rows, length, rng);
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -28,8 +28,9 @@ __device__ __forceinline__ acc_t grad_element(acc_t y, acc_t g, acc_t dot, acc_t
 }
 
 // ------------------------------------------------------------------- warp per row
-template <typename scalar_t, int kLog2Chunks, bool kGradTau>
-__global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 2>())
+// kAlignedRows: Note [Warp kernels' occupancy] in rows.cuh.
+template <typename scalar_t, int kLog2Chunks, bool kGradTau, bool kAlignedRows>
+__global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 2, kAlignedRows>())
     warp_backward_kernel(BackwardArgs<scalar_t> args, int64_t rows, int length, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
@@ -44,15 +45,15 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
   const int64_t my_row = threadIdx.x / kWarpSize * R + lane / W;
   for (int64_t base = blockIdx.x * rows_per_block; base < rows; base += gridDim.x * rows_per_block) {
     int lw = lane % W;  // see loop_variant
-    if constexpr (warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 2>() == 8) lw = loop_variant(lw);
+    if constexpr (warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 2, kAlignedRows>() == 8) lw = loop_variant(lw);
     const int64_t r = base + my_row;
     const bool valid = r < rows;
     const int64_t start = (valid ? r : 0) * length;
     const acc_t inv_tau = valid ? row_inv_tau(args.tau_rows, args.inv_tau, r) : acc_t(1);
     // Where the row sits on the 16-byte grid, per tensor (Note [Misaligned rows]), each
     // taken where it is used: live across the divisions' calls, they spilled.
-    const RowAlignment grad_a = row_alignment<scalar_t>(start, args.grad);
-    const RowAlignment saved_a = row_alignment<scalar_t>(start, args.saved);
+    const RowAlignment grad_a = warp_row_alignment<kAlignedRows, scalar_t>(start, args.grad);
+    const RowAlignment saved_a = warp_row_alignment<kAlignedRows, scalar_t>(start, args.saved);
     acc_t y[J][V], g[J][V];
 #pragma unroll
     for (int j = 0; j < J; ++j) {
@@ -96,8 +97,8 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
 #pragma unroll
       for (int i = 0; i < V; ++i) tau_sum += grad_element<kGradTau>(y[j][i], g[j][i], dot, inv_tau, out[j][i]);
     // Misaligned rows store realigned vectors, with the next chunk's words by shuffles.
-    const RowAlignment out_a = row_alignment<scalar_t>(start, args.grad_logits);
-    const bool misaligned = warp_any_misaligned(out_a);
+    const RowAlignment out_a = warp_row_alignment<kAlignedRows, scalar_t>(start, args.grad_logits);
+    const bool misaligned = !kAlignedRows && warp_any_misaligned(out_a);
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int c0 = (j * W + lw) * V;

@@ -17,6 +17,7 @@
 // x: no exp, nothing kept on chip.
 #include "forward_kernels.cuh"
 #include "split_rows.h"
+#include "warp_rows_setting.h"
 
 namespace gumbel_ext {
 namespace cuda {
@@ -26,8 +27,11 @@ template <typename scalar_t, int L>
 void launch_warp_forward(const ForwardArgs<scalar_t>& args, int64_t rows, int length,
                          const Rng& rng, cudaStream_t stream) {
   const int64_t blocks = std::min(ceil_div(rows, warp_rows_per_block<L>()), kMaxGrid);
-  warp_forward_kernel<scalar_t, L><<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(
-      args, rows, length, rng);
+  const bool aligned = aligned_rows_copy_enabled() && warp_forward_aligned_copy(args, length);
+  with_warp_rows_copy<scalar_t, L, 1>(aligned, [&](auto copy) {
+    warp_forward_kernel<scalar_t, L, decltype(copy)::value>
+        <<<static_cast<unsigned>(blocks), kWarpRowThreads, 0, stream>>>(args, rows, length, rng);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

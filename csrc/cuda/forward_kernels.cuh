@@ -44,8 +44,9 @@ __device__ __forceinline__ NextChunk<scalar_t> one_hot_next(index_t c0, index_t 
 }
 
 // ------------------------------------------------------------------- warp per row
-template <typename scalar_t, int kLog2Chunks>
-__global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1>())
+// kAlignedRows: Note [Warp kernels' occupancy] in rows.cuh.
+template <typename scalar_t, int kLog2Chunks, bool kAlignedRows>
+__global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1, kAlignedRows>())
     warp_forward_kernel(ForwardArgs<scalar_t> args, int64_t rows, int length, Rng rng) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = chunk_size<scalar_t>();
@@ -60,14 +61,14 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
   const int64_t my_row = threadIdx.x / kWarpSize * R + lane / W;
   for (int64_t base = blockIdx.x * rows_per_block; base < rows; base += gridDim.x * rows_per_block) {
     int lw = lane % W;  // see loop_variant
-    if constexpr (warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1>() == 8) lw = loop_variant(lw);
+    if constexpr (warp_row_blocks_per_sm<scalar_t, kLog2Chunks, 1, kAlignedRows>() == 8) lw = loop_variant(lw);
     // Rows past the end still take part in the shuffles, as empty rows.
     const int64_t r = base + my_row;
     const bool valid = r < rows;
     const scalar_t* row = args.logits + (valid ? r : 0) * length;
     // Where the row sits on the 16-byte grid, per tensor (Note [Misaligned rows]; out's
     // where it is stored, out is null in index mode).
-    const RowAlignment in_a = row_alignment<scalar_t>((valid ? r : 0) * length, args.logits);
+    const RowAlignment in_a = warp_row_alignment<kAlignedRows, scalar_t>((valid ? r : 0) * length, args.logits);
     acc_t x[J][V];
 #pragma unroll
     for (int j = 0; j < J; ++j) {
@@ -84,8 +85,8 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
       const acc_t inv_sum = softmax_registers<W>(x, inv_tau);
       // Misaligned rows store realigned vectors, with the next chunk's words by shuffles
       // (every lane takes part, rows past the end too).
-      const RowAlignment out_a = row_alignment<scalar_t>((valid ? r : 0) * length, args.out);
-      const bool misaligned = warp_any_misaligned(out_a);
+      const RowAlignment out_a = warp_row_alignment<kAlignedRows, scalar_t>((valid ? r : 0) * length, args.out);
+      const bool misaligned = !kAlignedRows && warp_any_misaligned(out_a);
       scalar_t* out = args.out + (valid ? r : 0) * length;
 #pragma unroll
       for (int j = 0; j < J; ++j) {
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(kWarpRowThreads, warp_row_blocks_per_sm<scalar
     const OneHot<acc_t> one_hot(is_finite(best.v));
     const int arg = static_cast<int>(best.i);  // < length <= kMaxWarpRow
     scalar_t* out = args.out + r * length;
-    const RowAlignment out_a = row_alignment<scalar_t>(r * length, args.out);
+    const RowAlignment out_a = warp_row_alignment<kAlignedRows, scalar_t>(r * length, args.out);
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int c0 = (j * W + lw) * V;

@@ -15,23 +15,103 @@ constexpr int kWarpRowThreads = 128;
 // Note [Warp kernels' occupancy]
 // Blocks per SM the warp-per-row kernels are compiled for (__launch_bounds__'s minimum),
 // from the acc_t registers a lane holds for its row (x in the forward; y and the gradient,
-// kArrays = 2, in the backward). Under 32 such registers: 8 blocks of 128 threads per SM,
-// a 64-register cap, one wave for 4096 rows; none of these spills on sm_80 or sm_90
-// (scripts/check_cuda_compile.py), given loop_variant below. At 32 and beyond -- the fp32
-// rows of 1024 columns (4096 x 1000), the half rows of 1024 -- the cap spilled once the
-// kernels also carried the realigned loads and stores of misaligned rows (Note [Misaligned
-// rows]: 32..64 B in the forward, 180..312 B in the backward), so those forward kernels ask
-// for 4 blocks (a 128-register cap; left to itself ptxas picked 32 registers for the bf16
-// rows of 32 chunks and spilled) and those backward kernels for nothing (ptxas picks, e.g.
-// 134 registers for the fp32 backward of 1024 columns). One wave at 4096 x 1000 would need
-// a copy of the kernels without the realigning code for tensors whose rows are all
-// aligned. Occupancy per dtype: docs/performance.md, "Warp kernels' occupancy".
+// kArrays = 2, in the backward). Each kernel has two copies (kAlignedRows):
+//   - the general copy serves every row, realigning the 16-byte accesses of misaligned
+//     ones (Note [Misaligned rows]). Under 32 row registers: 8 blocks of 128 threads per
+//     SM, a 64-register cap, one wave for 4096 rows; none of these spills on sm_80 or
+//     sm_90 (scripts/check_cuda_compile.py), given loop_variant below. At 32 and beyond
+//     the cap spilled with the realigning code (32..64 B in the forward, 180..312 B in the
+//     backward), so those forward kernels ask for 4 blocks (a 128-register cap; left to
+//     itself ptxas picked 32 registers for the bf16 rows of 32 chunks and spilled) and
+//     those backward kernels for nothing (ptxas picks, e.g., 134 registers for the fp32
+//     backward of 1024 columns).
+//   - the aligned-rows copy, launched when every row of every tensor starts on a 16-byte
+//     boundary (warp_rows_aligned: any contiguous fp32 tensor of a length divisible by 4),
+//     has no realigning code, so the forward of 32 row registers -- fp32 rows of 1024
+//     columns (4096 x 1000), half rows of 1024 -- fits the 64-register cap: one wave at
+//     4096 x 1000 (132 SMs x 8 = 1056 blocks >= 1024). The backward of 32 row registers
+//     gets 8 blocks too. At 64 (rows of 1024 columns: y and the gradient, 32 each) the
+//     row alone would fill the 64-register cap, so the backward of 4096 x 1000 cannot be
+//     one wave with its row in registers: the half types ask for 4 blocks, and fp32,
+//     which spilled under that cap, keeps the general copy (ptxas picks 134 registers:
+//     3 blocks per SM).
+// The copies differ only where a launch bound does (warp_rows_copy); their outputs are
+// the same bits. Occupancy per dtype: docs/performance.md, "Warp kernels' occupancy".
 template <typename scalar_t, int L, int kArrays>
-constexpr int warp_row_blocks_per_sm() {
+constexpr int warp_row_registers() {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int W = (1 << L) < kWarpSize ? (1 << L) : kWarpSize;
-  constexpr int regs = kArrays * (1 << L) / W * chunk_size<scalar_t>() * static_cast<int>(sizeof(acc_t) / 4);
-  return regs < 32 ? 8 : kArrays == 1 ? 4 : 0;
+  return kArrays * (1 << L) / W * chunk_size<scalar_t>() * static_cast<int>(sizeof(acc_t) / 4);
+}
+
+template <typename scalar_t, int L, int kArrays, bool kAlignedRows>
+constexpr int warp_row_blocks_per_sm() {
+  constexpr int regs = warp_row_registers<scalar_t, L, kArrays>();
+  if constexpr (kAlignedRows) {
+    if (regs <= 32) return 8;
+    // fp32 backward rows of 1024 columns spilled under the 128-register cap (32..64 B: twice
+    // the half types' 16-byte loads in flight); the half types' fit.
+    return kArrays == 1 || sizeof(scalar_t) == 2 ? (regs <= 64 ? 4 : 0) : 0;
+  } else {
+    return regs < 32 ? 8 : kArrays == 1 ? 4 : 0;
+  }
+}
+static_assert(warp_row_blocks_per_sm<float, 8, 1, true>() == 8, "one wave at 4096 x 1000 (issue #11)");
+
+// Whether rows of 2^L chunks have an aligned-rows copy worth launching: only where its
+// launch bound differs from the general copy's.
+template <typename scalar_t, int L, int kArrays>
+constexpr bool warp_rows_copy() {
+  return warp_row_blocks_per_sm<scalar_t, L, kArrays, true>() != warp_row_blocks_per_sm<scalar_t, L, kArrays, false>();
+}
+
+// Whether every row of every given tensor (null: unused) starts on a 16-byte boundary,
+// so the aligned-rows copy may run: each base aligned and the row length a multiple of
+// 16 bytes.
+template <typename scalar_t, typename... P>
+inline bool warp_rows_aligned(int64_t length, const P*... base) {
+  return ((base == nullptr || aligned16(base)) && ...) && length * static_cast<int64_t>(sizeof(scalar_t)) % 16 == 0;
+}
+
+// Whether a warp-per-row launch may take the aligned-rows copy (with_warp_rows_copy):
+// every row of its tensors aligned, and not the index mode of `sample`. That mode reads
+// 4 bytes per element and writes one index per row, so it is bound by instructions, not
+// memory (48.5 SASS per element = 1.45 ps on an H200 against 0.93 ps of memory time at
+// 4096 x 1000); under the copy's 64-register cap ptxas recomputes the Philox round keys
+// per chunk (uniform adds), 55.5 per element, which more warps per SM cannot win back.
+template <typename scalar_t>
+bool warp_forward_aligned_copy(const ForwardArgs<scalar_t>& args, int64_t length) {
+  return args.mode != Mode::kIndex && warp_rows_aligned<scalar_t>(length, args.logits, args.out);
+}
+template <typename scalar_t>
+bool warp_backward_aligned_copy(const BackwardArgs<scalar_t>& args, int64_t length) {
+  return warp_rows_aligned<scalar_t>(length, args.grad, args.saved, args.grad_logits);
+}
+
+// Calls f(std::bool_constant<kAlignedRows>) with the copy of a warp kernel for rows of
+// 2^L chunks that these rows take: the aligned-rows copy where one exists and `aligned`
+// (warp_forward_aligned_copy, warp_backward_aligned_copy) holds, else the general copy. The launchers and the emulation
+// harness choose through it.
+template <typename scalar_t, int L, int kArrays, typename F>
+void with_warp_rows_copy(bool aligned, F&& f) {
+  if constexpr (warp_rows_copy<scalar_t, L, kArrays>()) {
+    if (aligned) {
+      f(std::true_type{});
+      return;
+    }
+  }
+  f(std::false_type{});
+}
+
+// The alignment a warp kernel uses for the row `start` elements into the tensor at
+// `base`: known to be 0 in the aligned-rows copy, so no realigning code is compiled in.
+template <bool kAlignedRows, typename scalar_t>
+__device__ __forceinline__ RowAlignment warp_row_alignment(int64_t start, const void* base) {
+  if constexpr (kAlignedRows) {
+    return RowAlignment{0};
+  } else {
+    return row_alignment<scalar_t>(start, base);
+  }
 }
 
 // `v`, as a value ptxas must recompute in every iteration of the loop it is used in.

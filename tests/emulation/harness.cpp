@@ -55,6 +55,18 @@ void with_log2(int l, F&& f) {
   }
 }
 
+// The copy of the warp kernel the last warp-per-row launch took (Note [Warp kernels'
+// occupancy]): its __launch_bounds__ minimum of blocks per SM and its rows per block.
+struct WarpLaunch {
+  int64_t aligned_copy = -1, blocks_per_sm = -1, rows_per_block = -1;
+};
+WarpLaunch last_warp_launch;
+
+template <typename scalar_t, int L, int kArrays, bool kAlignedRows>
+void record_warp_launch() {
+  last_warp_launch = {kAlignedRows, warp_row_blocks_per_sm<scalar_t, L, kArrays, kAlignedRows>(), warp_rows_per_block<L>()};
+}
+
 int finish() { return simt::Barrier::deadlocks().exchange(0) == 0 ? 0 : -2; }
 
 // The kernels' argument structs from the C entry points' untyped pointers: one place
@@ -142,8 +154,12 @@ int emu_forward(int dtype, const void* logits, void* out, int64_t* indices, int 
         constexpr int L = decltype(l)::value;
         if constexpr ((1 << L) * V <= kMaxWarpRow) {
           constexpr int per_block = warp_rows_per_block<L>();
-          simt::launch(warp_forward_kernel<scalar_t, L>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
-                       dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), r);
+          with_warp_rows_copy<scalar_t, L, 1>(warp_forward_aligned_copy(args, length), [&](auto copy) {
+            record_warp_launch<scalar_t, L, 1, decltype(copy)::value>();
+            simt::launch(warp_forward_kernel<scalar_t, L, decltype(copy)::value>,
+                         dim3(capped(ceil_div(rows, per_block), grid_cap)), dim3(kWarpRowThreads), 0, args, rows,
+                         static_cast<int>(length), r);
+          });
         }
       });
       return;
@@ -185,8 +201,12 @@ int emu_backward(int dtype, const void* grad, const void* saved, void* grad_logi
         constexpr int L = decltype(l)::value;
         if constexpr ((1 << L) * V <= kMaxWarpRow) {
           constexpr int per_block = warp_rows_per_block<L>();
-          simt::launch(warp_backward_kernel<scalar_t, L, kGradTau>, dim3(capped(ceil_div(rows, per_block), grid_cap)),
-                       dim3(kWarpRowThreads), 0, args, rows, static_cast<int>(length), r);
+          with_warp_rows_copy<scalar_t, L, 2>(warp_backward_aligned_copy(args, length), [&](auto copy) {
+            record_warp_launch<scalar_t, L, 2, decltype(copy)::value>();
+            simt::launch(warp_backward_kernel<scalar_t, L, kGradTau, decltype(copy)::value>,
+                         dim3(capped(ceil_div(rows, per_block), grid_cap)), dim3(kWarpRowThreads), 0, args, rows,
+                         static_cast<int>(length), r);
+          });
         }
       });
       return;
@@ -316,6 +336,14 @@ void emu_noise_at(uint64_t seed, uint64_t offset, const int64_t* rows, const int
 
 void emu_neg_log(const float* x, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = gumbel_ext::neg_log_positive(x[i]);
+}
+
+// The last warp-per-row launch: out = {aligned-rows copy (0 or 1), blocks per SM of its
+// launch bound (0: none), rows per block}.
+void emu_last_warp_launch(int64_t* out) {
+  out[0] = last_warp_launch.aligned_copy;
+  out[1] = last_warp_launch.blocks_per_sm;
+  out[2] = last_warp_launch.rows_per_block;
 }
 
 // How many 16-byte accesses emu_vector_accesses has to report.
