@@ -52,10 +52,10 @@ PROBES: Dict[str, Probe] = {
     "hard fwd, spatial": (1, "spatial_forward_kernel", 1, [4], 8, 52, 0),
     "sample, warp/row (4096x1000)": (2, "warp_forward_kernelIfLi8ELb0E", 1, [32], 4, 52, 0),
     "sample, block/row (64x128256)": (2, "block_forward_kernel", 0, [16], 4, 52, 0),
-    "soft bwd, warp/row (4096x1000)": (0, "warp_backward_kernelIfLi8ELb0ELb0E", 1, [32], 12, 20, 0),
+    "soft bwd, warp/row (4096x1000)": (0, "warp_backward_kernelIfLi8ELb0ELb1E", 1, [32], 12, 20, 0),
     "soft bwd, block/row (8192x32000)": (0, "block_backward_kernel", 1, [4], 12, 20, 0),
     "soft bwd, block/row (64x128256)": (0, "block_backward_kernel", 0, [4], 12, 20, 0),
-    "hard bwd, warp/row (4096x1000)": (1, "warp_backward_kernelIfLi8ELb0ELb0E", 1, [32], 12, 62, 0),
+    "hard bwd, warp/row (4096x1000)": (1, "warp_backward_kernelIfLi8ELb0ELb1E", 1, [32], 12, 62, 0),
     "hard bwd, block/row, on chip (8192x32000)": (1, "block_backward_kernel", 1, [16, 4], 12, 62, 0),
     "hard bwd, block/row, regenerated (64x128256)": (1, "block_backward_kernel", 0, [16, 4], 12, 62, 0),
     # Rows split across a cluster (Note [Split rows]): x always on chip, its noise drawn once.

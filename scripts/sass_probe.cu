@@ -21,12 +21,13 @@ __global__ void noise_probe(float* out, uint64_t seed, uint64_t offset, uint64_t
 }
 
 // 4096 x 1000: 250 chunks of 4, padded to 2^8. The warp kernels in both copies (Note
-// [Warp kernels' occupancy]): aligned rows of 1000 columns run the forward's aligned-rows
-// copy; sample, the fp32 backward and the misaligned probes the general one.
+// [Warp kernels' occupancy]): aligned rows of 1000 columns run the aligned-rows copy,
+// sample and the misaligned probes the general one.
 template __global__ void warp_forward_kernel<float, 8, true>(ForwardArgs<float>, int64_t, int, Rng);
 template __global__ void warp_forward_kernel<float, 8, false>(ForwardArgs<float>, int64_t, int, Rng);
 template __global__ void block_forward_kernel<float>(ForwardArgs<float>, int64_t, int64_t, bool, Rng);
 template __global__ void spatial_forward_kernel<float>(ForwardArgs<float>, Shape, bool, Rng);
+template __global__ void warp_backward_kernel<float, 8, false, true>(BackwardArgs<float>, int64_t, int, Rng);
 template __global__ void warp_backward_kernel<float, 8, false, false>(BackwardArgs<float>, int64_t, int, Rng);
 template __global__ void block_backward_kernel<float, false>(BackwardArgs<float>, int64_t, int64_t, bool, bool, Rng);
 template __global__ void spatial_backward_kernel<float, false>(BackwardArgs<float>, Shape, bool, Rng);

@@ -23,7 +23,7 @@ constexpr int kWarpRowThreads = 128;
 //     the cap spilled with the realigning code (32..64 B in the forward, 180..312 B in the
 //     backward), so those forward kernels ask for 4 blocks (a 128-register cap; left to
 //     itself ptxas picked 32 registers for the bf16 rows of 32 chunks and spilled) and
-//     those backward kernels for nothing (ptxas picks, e.g., 134 registers for the fp32
+//     those backward kernels for nothing (ptxas picks, e.g., 180 registers for the fp32
 //     backward of 1024 columns).
 //   - the aligned-rows copy, launched when every row of every tensor starts on a 16-byte
 //     boundary (warp_rows_aligned: any contiguous fp32 tensor of a length divisible by 4),
@@ -32,9 +32,8 @@ constexpr int kWarpRowThreads = 128;
 //     4096 x 1000 (132 SMs x 8 = 1056 blocks >= 1024). The backward of 32 row registers
 //     gets 8 blocks too. At 64 (rows of 1024 columns: y and the gradient, 32 each) the
 //     row alone would fill the 64-register cap, so the backward of 4096 x 1000 cannot be
-//     one wave with its row in registers: the half types ask for 4 blocks, and fp32,
-//     which spilled under that cap, keeps the general copy (ptxas picks 134 registers:
-//     3 blocks per SM).
+//     one wave with its row in registers: the half types ask for 4 blocks, fp32 for 3
+//     (the general copy, left to itself, takes 180 registers: 2 blocks per SM).
 // The copies differ only where a launch bound does (warp_rows_copy); their outputs are
 // the same bits. Occupancy per dtype: docs/performance.md, "Warp kernels' occupancy".
 template <typename scalar_t, int L, int kArrays>
@@ -49,9 +48,10 @@ constexpr int warp_row_blocks_per_sm() {
   constexpr int regs = warp_row_registers<scalar_t, L, kArrays>();
   if constexpr (kAlignedRows) {
     if (regs <= 32) return 8;
-    // fp32 backward rows of 1024 columns spilled under the 128-register cap (32..64 B: twice
-    // the half types' 16-byte loads in flight); the half types' fit.
-    return kArrays == 1 || sizeof(scalar_t) == 2 ? (regs <= 64 ? 4 : 0) : 0;
+    if (regs > 64) return 0;
+    // The fp32 backward of 1024 columns spilled under 4's 128-register cap (32..64 B: twice
+    // the half types' 16-byte loads in flight); under 3's 168 it takes 141.
+    return kArrays == 1 || sizeof(scalar_t) == 2 ? 4 : 3;
   } else {
     return regs < 32 ? 8 : kArrays == 1 ? 4 : 0;
   }
