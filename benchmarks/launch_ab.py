@@ -173,12 +173,14 @@ def short_kernel_name(name: str) -> Optional[str]:
 
 
 def launched_kernels(call: Callable[[], object], device: torch.device) -> List[str]:
-    """The gumbel_ext kernels one call launches (none on the CPU)."""
-    if device.type != "cuda":
-        return []
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    """The gumbel_ext kernels one call launches. On the CPU (the dry run) the same code
+    profiles the CPU ops, which are no kernels: []."""
+    cuda = device.type == "cuda"
+    activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
         call()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     names = [short_kernel_name(e.name) for e in prof.events() if "gumbel_ext" in e.name]
     names = [n for n in names if n]
     return sorted(set(names), key=names.index)
@@ -358,6 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.device("cpu" if args.dry_run else "cuda")
     meta = report.machine_info(device)
     meta["command"] = " ".join(["python3", "-m", "benchmarks.launch_ab", *(argv if argv is not None else sys.argv[1:])])
+    if device.type == "cuda":
+        meta["driver"] = gpu_targets._driver_version()
     print(report.describe_machine(meta), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     workloads = DRY_WORKLOADS if args.dry_run else GPU_WORKLOADS
