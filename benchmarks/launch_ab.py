@@ -231,10 +231,12 @@ def spawn_worker(worker: Worker, tmp: Path, timeout: float, args: argparse.Names
     """One worker process: its output goes to this process's output (the session log)."""
     out_json = tmp / f"{worker.name}.json"
     command = [sys.executable, "-m", "benchmarks.launch_ab", "--worker", worker.name, "--worker-json", str(out_json),
-               "--min-run-time", str(args.min_run_time), "--seed", str(args.seed)] + (["--dry-run"] if args.dry_run else [])
+               "--min-run-time", str(args.min_run_time), "--seed", str(args.seed)]
+    command += ["--dry-run"] if args.dry_run else []
     entry = {"name": worker.name, "knob": worker.knob, "setting": worker.setting, "env": worker.env(),
              "timeout_s": round(timeout, 1)}
-    print(f"{worker.name}: {' '.join(f'{k}={v}' for k, v in worker.env().items())} (timeout {timeout:.0f} s)", flush=True)
+    settings = " ".join(f"{k}={v}" for k, v in worker.env().items())
+    print(f"{worker.name}: {settings} (timeout {timeout:.0f} s)", flush=True)
     t0 = time.perf_counter()
     try:
         rc = subprocess.run(command, cwd=report.REPO, env={**os.environ, **worker.env()}, timeout=timeout).returncode
@@ -243,7 +245,8 @@ def spawn_worker(worker: Worker, tmp: Path, timeout: float, args: argparse.Names
         entry.update(status="TIMED OUT", returncode=None)
     entry["seconds"] = round(time.perf_counter() - t0, 1)
     try:
-        entry["cases"] = json.loads(out_json.read_text())["cases"]
+        done = json.loads(out_json.read_text())
+        entry["env_seen"], entry["cases"] = done["env"], done["cases"]  # env_seen: the knobs the worker read
     except (OSError, ValueError, KeyError):
         entry["cases"] = []
     return entry
@@ -379,7 +382,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           "env": worker.env(), "status": "skipped", "reason": reason, "cases": []})
                 print(f"skip {worker.name}: {reason}", flush=True)
             else:
-                record["workers"].append(spawn_worker(worker, Path(tmp), worker_timeout(need, left, args.dry_run), args))
+                timeout = worker_timeout(need, left, args.dry_run)
+                record["workers"].append(spawn_worker(worker, Path(tmp), timeout, args))
             _write_files(args.out, record, start)  # after every worker: a kill keeps what was measured
     _write_files(args.out, record, start)
     print((args.out / "launch-ab.md").read_text(), flush=True)

@@ -90,8 +90,9 @@ def test_dry_run_ab_times_every_setting_in_its_own_worker(dry_run):
     _, out = dry_run
     record = json.loads((out / "launch-ab.json").read_text())
     assert [(w["name"], w["status"]) for w in record["workers"]] == [(w.name, "ok") for w in launch_ab.WORKERS]
-    for worker in record["workers"]:
-        assert all(worker["env"][k] == v for k, v in worker["env"].items() if k != worker["knob"] and v == "auto")
+    for worker, planned in zip(record["workers"], launch_ab.WORKERS):
+        assert worker["env_seen"] == worker["env"] == planned.env()  # the knobs reached the worker process
+        assert list(planned.env().values()).count("auto") == (2 if planned.knob is None else 1)
         assert worker["cases"] and all(c["median_s"] > 0 and c["gbps"] > 0 for c in worker["cases"]), worker
     rows = launch_ab.comparisons(record)
     # 5 split cases x 3 settings, 6 aligned-rows cases x 2: every one measured, with its ratio to auto
@@ -255,11 +256,13 @@ def test_launch_ab_ratio_is_each_setting_over_auto(tmp_path):
     record = {"meta": {"device": "cuda-test", "command": "test", "date": "2026-11-30", "cpu": "x", "torch": "2",
                        "torch_threads": 1, "cpu_count": 1, "gumbel_ext": "0", "git": "g", "fused_kernel": True},
               "dry_run": False, "wall_s": 30.0, "workers": [
-        _ab_worker("auto", None, both_auto, [_ab_case(split, "lm-128k/fp32/soft/fwd", 40e-6, ["split_forward_kernel<float, true>"]),
-                                             _ab_case(aligned, "classifier/fp32/soft/fwd", 10e-6)]),
+        _ab_worker("auto", None, both_auto, [
+            _ab_case(split, "lm-128k/fp32/soft/fwd", 40e-6, ["split_forward_kernel<float, true>"]),
+            _ab_case(aligned, "classifier/fp32/soft/fwd", 10e-6)]),
         _ab_worker("split-off", split, {**both_auto, split: "off"},
                    [_ab_case(split, "lm-128k/fp32/soft/fwd", 50e-6, ["block_forward_kernel<float>"])]),
-        _ab_worker("aligned-off", aligned, {**both_auto, aligned: "off"}, [_ab_case(aligned, "classifier/fp32/soft/fwd", 8e-6)]),
+        _ab_worker("aligned-off", aligned, {**both_auto, aligned: "off"},
+                   [_ab_case(aligned, "classifier/fp32/soft/fwd", 8e-6)]),
         {"name": "split-workspace", "knob": split, "setting": "workspace", "env": {**both_auto, split: "workspace"},
          "status": "skipped", "reason": "out of time (5 s left, needs ~11 s)", "cases": []},
     ]}
@@ -296,8 +299,22 @@ def test_launch_ab_kernel_names_keep_the_template_arguments():
     from benchmarks.launch_ab import short_kernel_name
 
     assert short_kernel_name("void gumbel_ext::cuda::warp_forward_kernel<float, 8, true>(gumbel_ext::cuda::"
-                             "ForwardArgs<float>, long, int, gumbel_ext::cuda::Rng)") == "warp_forward_kernel<float, 8, true>"
+                             "ForwardArgs<float>, long, int, gumbel_ext::cuda::Rng)") == \
+        "warp_forward_kernel<float, 8, true>"
     assert short_kernel_name("void gumbel_ext::cuda::(anonymous namespace)::split_forward_kernel<c10::BFloat16, "
                              "false>(gumbel_ext::cuda::ForwardArgs<c10::BFloat16>)") == \
         "split_forward_kernel<c10::BFloat16, false>"
     assert short_kernel_name("gumbel_ext::gumbel_softmax_forward") is None  # an op, not a kernel
+
+
+def test_launch_ab_worker_past_its_timeout_is_killed_and_reported(tmp_path, monkeypatch):
+    from benchmarks import launch_ab
+
+    monkeypatch.setattr(launch_ab, "WORKERS", launch_ab.WORKERS[:1])
+    monkeypatch.setattr(launch_ab, "worker_timeout", lambda need, left, dry_run: 0.3)  # under torch's import
+    start = time.monotonic()
+    assert launch_ab.main(["--dry-run", "--out", str(tmp_path)]) == 1
+    assert time.monotonic() - start < 30
+    (worker,) = json.loads((tmp_path / "launch-ab.json").read_text())["workers"]
+    assert worker["status"] == "TIMED OUT" and worker["cases"] == []
+    assert "- auto (GUMBEL_EXT_SPLIT=auto GUMBEL_EXT_ALIGNED_ROWS=auto): TIMED OUT" in (tmp_path / "launch-ab.md").read_text()
