@@ -19,16 +19,20 @@ gets its turn.
   sanitizer  compute-sanitizer --tool memcheck over test_every_strategy_small (the answer,
              supported or not, is recorded)
   bench      python3 -m benchmarks.gpu_targets (target cases only, copy and noise floors)
+  ab         python3 -m benchmarks.launch_ab: the launch knobs GUMBEL_EXT_SPLIT (auto, off,
+             workspace) and GUMBEL_EXT_ALIGNED_ROWS (auto, off), each setting timed in its
+             own process on gumbel_ext's ops alone, to pick their defaults from
   others     what time is left: the CUDA-parametrized tests of the other test files
 
 --dry-run runs the same steps on the CPU: the build is `setup.py --dry-run` (make test has
 just built), the test steps run (every CUDA test skips there), the GPU-only sanitizer is
-reported as skipped, the bench runs tiny shapes, and `others` only collects.
+reported as skipped, the bench and ab run tiny shapes, and `others` only collects.
 
 Files in --out (default $OUT, else benchmarks/results/gpu-session/), at most 8 (the device
 tool returns 8): gpu-session.log (everything printed), gpu-session.json (the machine and
 each step's status, time and summary), <device>-targets.json and .md (the benchmark record
-and the targets table). Exit status 0 when no step failed.
+and the targets table), launch-ab.json and .md (the knobs' A/B record and table): six.
+Exit status 0 when no step failed.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ OTHERS_IGNORE = ("test_cuda.py", "test_cuda_risks.py", "test_cuda_emulated.py", 
                  "test_gpu_session.py")
 
 
-STEP_NAMES = ("env", "build", "test_cuda", "risks", "sanitizer", "bench", "others")
+STEP_NAMES = ("env", "build", "test_cuda", "risks", "sanitizer", "bench", "ab", "others")
 
 
 @dataclass
@@ -261,6 +265,7 @@ def plan(out: Path, dry_run: bool, arch: Optional[str], budget_s: float) -> List
         # Without the caching allocator, memcheck sees each tensor's own bounds.
         sanitizer_step.env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
     bench = [sys.executable, "-m", "benchmarks.gpu_targets", "--out", str(out), "--deadline-s", "{deadline}"]
+    ab = [sys.executable, "-m", "benchmarks.launch_ab", "--out", str(out), "--deadline-s", "{deadline}"]
     others = [*PYTEST, "-v", "tests", "-k", "cuda", *(f"--ignore=tests/{f}" for f in OTHERS_IGNORE)]
     return [
         Step("env", 60, 5, env_cmd, env={"ENV_CODE": ENV_CODE}),
@@ -269,6 +274,9 @@ def plan(out: Path, dry_run: bool, arch: Optional[str], budget_s: float) -> List
         Step("risks", 90, 20, [*PYTEST, "-v", "--durations=10", "tests/test_cuda_risks.py"]),
         sanitizer_step,
         Step("bench", 180, 45, bench + (["--dry-run"] if dry_run else [])),
+        # Four worker processes of ~10-15 s each (benchmarks/launch_ab.py): at the 75 s cap
+        # all four start by the 55 s deadline; at 45 s (deadline 25 s) still auto and split-off.
+        Step("ab", 75, 45, ab + (["--dry-run"] if dry_run else [])),
         Step("others", budget_s, 20, others + (["--collect-only"] if dry_run else [])),
     ]
 

@@ -47,7 +47,7 @@ def test_dry_run_succeeds_and_runs_every_step(dry_run):
     record = json.loads((out / "gpu-session.json").read_text())
     steps = {s["name"]: s for s in record["steps"]}
     assert tuple(steps) == gpu_session.STEP_NAMES
-    for name in ("env", "build", "test_cuda", "risks", "bench", "others"):
+    for name in ("env", "build", "test_cuda", "risks", "bench", "ab", "others"):
         assert steps[name]["status"] == "ok", steps[name]
     assert steps["sanitizer"]["status"] == "skipped" and "GPU only" in steps["sanitizer"]["summary"]
     assert "skipped" in steps["test_cuda"]["summary"] and "skipped" in steps["risks"]["summary"]
@@ -61,8 +61,10 @@ def test_dry_run_files_fit_what_the_device_returns(dry_run):
     for p in files:
         assert re.fullmatch(r"[A-Za-z0-9._-]+", p.name), p.name
         assert len(p.relative_to(out).parts) <= 3
-    assert {p.name for p in files} == {"gpu-session.log", "gpu-session.json", "cpu-targets.json", "cpu-targets.md"}
-    assert "== bench" in (out / "gpu-session.log").read_text()
+    assert {p.name for p in files} == {"gpu-session.log", "gpu-session.json", "cpu-targets.json", "cpu-targets.md",
+                                       "launch-ab.json", "launch-ab.md"}
+    log = (out / "gpu-session.log").read_text()
+    assert "== bench" in log and "== ab" in log
 
 
 def test_dry_run_bench_measures_every_target_case(dry_run):
@@ -80,6 +82,25 @@ def test_dry_run_bench_measures_every_target_case(dry_run):
     table = (out / "cpu-targets.md").read_text()
     assert "## Targets" in table and "| lm-32k-batch/bf16/hard/fwd+bwd | time / softmax |" in table
     assert " 0 not measured" in table
+
+
+def test_dry_run_ab_times_every_setting_in_its_own_worker(dry_run):
+    from benchmarks import launch_ab
+
+    _, out = dry_run
+    record = json.loads((out / "launch-ab.json").read_text())
+    assert [(w["name"], w["status"]) for w in record["workers"]] == [(w.name, "ok") for w in launch_ab.WORKERS]
+    for worker, planned in zip(record["workers"], launch_ab.WORKERS):
+        assert worker["env_seen"] == worker["env"] == planned.env()  # the knobs reached the worker process
+        assert list(planned.env().values()).count("auto") == (2 if planned.knob is None else 1)
+        assert worker["cases"] and all(c["median_s"] > 0 and c["gbps"] > 0 for c in worker["cases"]), worker
+    rows = launch_ab.comparisons(record)
+    # 5 split cases x 3 settings, 6 aligned-rows cases x 2: every one measured, with its ratio to auto
+    assert len(rows) == 5 * 3 + 6 * 2 and all(r["ratio"] for r in rows), rows
+    assert all(r["ratio"] == 1.0 for r in rows if r["setting"] == "auto")
+    table = (out / "launch-ab.md").read_text()
+    assert "## GUMBEL_EXT_SPLIT" in table and "## GUMBEL_EXT_ALIGNED_ROWS" in table and "**Dry run**" in table
+    assert "| lm-128k/fp32/sample/fwd" in table and "| classifier/bf16/soft/fwd+bwd" in table
 
 
 # ---------------------------------------------------------------- caps and skipping
@@ -214,3 +235,86 @@ def test_bench_past_its_deadline_skips_cases_and_still_writes_its_files(tmp_path
     assert all(s["reason"].startswith("out of time") for s in record["skipped"])
     table = (tmp_path / "cpu-targets.md").read_text()
     assert "0 met, 0 MISSED, 28 not measured" in table and "- skipped lm-128k/fp32/sample/fwd" in table
+
+
+# --------------------------------------------------------------- the launch knobs' A/B
+def _ab_worker(name, knob, env, cases):
+    return {"name": name, "knob": knob, "setting": env.get(knob, "auto") if knob else "auto", "env": env,
+            "status": "ok", "seconds": 9.0, "timeout_s": 40.0, "cases": cases}
+
+
+def _ab_case(knob, key, median, kernels=()):
+    return {"knob": knob, "key": key, "median_s": median, "iqr_s": median / 50, "gbps": 1e-6 / median,
+            "kernels": list(kernels)}
+
+
+def test_launch_ab_ratio_is_each_setting_over_auto(tmp_path):
+    from benchmarks import launch_ab
+
+    split, aligned = launch_ab.SPLIT, launch_ab.ALIGNED
+    both_auto = {split: "auto", aligned: "auto"}
+    record = {"meta": {"device": "cuda-test", "command": "test", "date": "2026-11-30", "cpu": "x", "torch": "2",
+                       "torch_threads": 1, "cpu_count": 1, "gumbel_ext": "0", "git": "g", "fused_kernel": True},
+              "dry_run": False, "wall_s": 30.0, "workers": [
+        _ab_worker("auto", None, both_auto, [
+            _ab_case(split, "lm-128k/fp32/soft/fwd", 40e-6, ["split_forward_kernel<float, true>"]),
+            _ab_case(aligned, "classifier/fp32/soft/fwd", 10e-6)]),
+        _ab_worker("split-off", split, {**both_auto, split: "off"},
+                   [_ab_case(split, "lm-128k/fp32/soft/fwd", 50e-6, ["block_forward_kernel<float>"])]),
+        _ab_worker("aligned-off", aligned, {**both_auto, aligned: "off"},
+                   [_ab_case(aligned, "classifier/fp32/soft/fwd", 8e-6)]),
+        {"name": "split-workspace", "knob": split, "setting": "workspace", "env": {**both_auto, split: "workspace"},
+         "status": "skipped", "reason": "out of time (5 s left, needs ~11 s)", "cases": []},
+    ]}
+    rows = {(r["case"], r["setting"]): r for r in launch_ab.comparisons(record)}
+    assert rows[("lm-128k/fp32/soft/fwd", "off")]["ratio"] == pytest.approx(50 / 40)  # off / auto
+    assert rows[("lm-128k/fp32/soft/fwd", "auto")]["ratio"] == 1.0
+    assert rows[("classifier/fp32/soft/fwd", "off")]["ratio"] == pytest.approx(0.8)
+    workspace = rows[("lm-128k/fp32/soft/fwd", "workspace")]
+    assert workspace["ratio"] is None and workspace["error"] == "not measured"
+    assert len(rows) == 3 + 2  # the auto worker's aligned-rows case is not a split row
+    launch_ab.write_markdown(tmp_path / "ab.md", record)
+    table = (tmp_path / "ab.md").read_text()
+    assert re.search(r"\| lm-128k/fp32/soft/fwd +\| off +\| 50 µs ±2% +\| 1\.250x +\|", table), table
+    assert "block_forward_kernel<float>" in table and "| 0.800x" in table
+    assert "- split-workspace (GUMBEL_EXT_SPLIT=workspace GUMBEL_EXT_ALIGNED_ROWS=auto): skipped, out of time" in table
+
+
+def test_launch_ab_past_its_deadline_starts_no_worker(tmp_path, monkeypatch):
+    from benchmarks import launch_ab
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a worker started past the deadline")
+
+    monkeypatch.setattr(launch_ab, "spawn_worker", no_worker)
+    assert launch_ab.main(["--dry-run", "--out", str(tmp_path), "--deadline-s", "0"]) == 0
+    record = json.loads((tmp_path / "launch-ab.json").read_text())
+    assert [w["status"] for w in record["workers"]] == ["skipped"] * len(launch_ab.WORKERS)
+    assert all(w["reason"].startswith("out of time") and not w["cases"] for w in record["workers"])
+    assert launch_ab.comparisons(record) == []
+    assert "(nothing measured)" in (tmp_path / "launch-ab.md").read_text()
+
+
+def test_launch_ab_kernel_names_keep_the_template_arguments():
+    from benchmarks.launch_ab import short_kernel_name
+
+    assert short_kernel_name("void gumbel_ext::cuda::warp_forward_kernel<float, 8, true>(gumbel_ext::cuda::"
+                             "ForwardArgs<float>, long, int, gumbel_ext::cuda::Rng)") == \
+        "warp_forward_kernel<float, 8, true>"
+    assert short_kernel_name("void gumbel_ext::cuda::(anonymous namespace)::split_forward_kernel<c10::BFloat16, "
+                             "false>(gumbel_ext::cuda::ForwardArgs<c10::BFloat16>)") == \
+        "split_forward_kernel<c10::BFloat16, false>"
+    assert short_kernel_name("gumbel_ext::gumbel_softmax_forward") is None  # an op, not a kernel
+
+
+def test_launch_ab_worker_past_its_timeout_is_killed_and_reported(tmp_path, monkeypatch):
+    from benchmarks import launch_ab
+
+    monkeypatch.setattr(launch_ab, "WORKERS", launch_ab.WORKERS[:1])
+    monkeypatch.setattr(launch_ab, "worker_timeout", lambda need, left, dry_run: 0.3)  # under torch's import
+    start = time.monotonic()
+    assert launch_ab.main(["--dry-run", "--out", str(tmp_path)]) == 1
+    assert time.monotonic() - start < 30
+    (worker,) = json.loads((tmp_path / "launch-ab.json").read_text())["workers"]
+    assert worker["status"] == "TIMED OUT" and worker["cases"] == []
+    assert "- auto (GUMBEL_EXT_SPLIT=auto GUMBEL_EXT_ALIGNED_ROWS=auto): TIMED OUT" in (tmp_path / "launch-ab.md").read_text()
