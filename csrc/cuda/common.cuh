@@ -139,7 +139,7 @@ __host__ __device__ __forceinline__ bool aligned16(const void* p) {
 // rare and stay scalar; testing the row pointers themselves made the fp64 block backward
 // spill.
 template <typename scalar_t, typename... P>
-__device__ __forceinline__ bool row_vectorizable(int64_t start, const P*... base) {
+__host__ __device__ __forceinline__ bool row_vectorizable(int64_t start, const P*... base) {
   return (aligned16(base) && ...) && (start * int64_t{sizeof(scalar_t)}) % 16 == 0;
 }
 

@@ -175,21 +175,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads)
       }
       continue;
     }
-    // Columns past the row hold -inf and never win a strict >.
-    acc_t best_v = neg_inf<acc_t>();
-    int64_t best_c = int64_t{threadIdx.x} * V;
-    for (int64_t k0 = threadIdx.x; k0 < chunks; k0 += kU * int64_t{blockDim.x}) {
-      acc_t x[kU][V];
-      perturbed_chunks<kU>(row, k0, blockDim.x, chunks, length, in_a, seed, offset, r, x);
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int64_t c0 = (k0 + u * int64_t{blockDim.x}) * V;
-#pragma unroll
-        for (int i = 0; i < V; ++i) argmax_step(best_v, best_c, x[u][i], c0 + i);
-      }
-    }
-    const ArgMax<acc_t> best =
-        block_allreduce(ArgMax<acc_t>{best_v, best_c}, ArgMaxOp(), argmax_identity<acc_t>(), scratch);
+    const ArgMax<acc_t> best = block_argmax<V>(row, 0, chunks, length, in_a, seed, offset, r, scratch);
     if (GUMBEL_RUNTIME(args.mode, static_cast<Mode>(GUMBEL_EXT_SASS_MODE)) == Mode::kIndex) {
       if (threadIdx.x == 0) args.indices[r] = best.i;
       continue;

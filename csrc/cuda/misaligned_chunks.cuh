@@ -2,8 +2,6 @@
 // still on its Philox blocks (Note [Misaligned rows]).
 #pragma once
 
-#include <cstring>
-
 #include "common.cuh"
 
 namespace gumbel_ext {
@@ -89,24 +87,8 @@ constexpr int next_words() {
 
 // The bits of one element, and back (no memcpy of whole chunks: nvcc copied those
 // through local memory).
-__device__ __forceinline__ uint32_t element_bits(float v) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(v);
-#else
-  uint32_t b;
-  memcpy(&b, &v, 4);
-  return b;
-#endif
-}
-__device__ __forceinline__ float bits_element(uint32_t b, float) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(b);
-#else
-  float v;
-  memcpy(&v, &b, 4);
-  return v;
-#endif
-}
+__device__ __forceinline__ uint32_t element_bits(float v) { return float_bits(v); }
+__device__ __forceinline__ float bits_element(uint32_t b, float) { return bits_float(b); }
 template <typename H>  // c10::Half, c10::BFloat16: the bits are the public member x
 __device__ __forceinline__ uint32_t element_bits(H v) {
   return v.x;

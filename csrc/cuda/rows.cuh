@@ -26,7 +26,7 @@ constexpr int kWarpRowThreads = 128;
 //     those backward kernels for nothing (ptxas picks, e.g., 180 registers for the fp32
 //     backward of 1024 columns).
 //   - the aligned-rows copy, launched when every row of every tensor starts on a 16-byte
-//     boundary (warp_rows_aligned: any contiguous fp32 tensor of a length divisible by 4),
+//     boundary (warp_forward_aligned_copy: any contiguous fp32 tensor of a length divisible by 4),
 //     has no realigning code, so the forward of 32 row registers -- fp32 rows of 1024
 //     columns (4096 x 1000), half rows of 1024 -- fits the 64-register cap: one wave at
 //     4096 x 1000 (132 SMs x 8 = 1056 blocks >= 1024). The backward of 32 row registers
@@ -65,27 +65,21 @@ constexpr bool warp_rows_copy() {
   return warp_row_blocks_per_sm<scalar_t, L, kArrays, true>() != warp_row_blocks_per_sm<scalar_t, L, kArrays, false>();
 }
 
-// Whether every row of every given tensor (null: unused) starts on a 16-byte boundary,
-// so the aligned-rows copy may run: each base aligned and the row length a multiple of
-// 16 bytes.
-template <typename scalar_t, typename... P>
-inline bool warp_rows_aligned(int64_t length, const P*... base) {
-  return ((base == nullptr || aligned16(base)) && ...) && length * static_cast<int64_t>(sizeof(scalar_t)) % 16 == 0;
-}
-
 // Whether a warp-per-row launch may take the aligned-rows copy (with_warp_rows_copy):
 // every row of its tensors aligned, and not the index mode of `sample`. That mode reads
 // 4 bytes per element and writes one index per row, so it is bound by instructions, not
 // memory (48.5 SASS per element = 1.45 ps on an H200 against 0.93 ps of memory time at
 // 4096 x 1000); under the copy's 64-register cap ptxas recomputes the Philox round keys
 // per chunk (uniform adds), 55.5 per element, which more warps per SM cannot win back.
+// (Every row starts on a 16-byte boundary when row 1, `length` elements in, does:
+// row_vectorizable of that start; a null pointer counts as aligned.)
 template <typename scalar_t>
 bool warp_forward_aligned_copy(const ForwardArgs<scalar_t>& args, int64_t length) {
-  return args.mode != Mode::kIndex && warp_rows_aligned<scalar_t>(length, args.logits, args.out);
+  return args.mode != Mode::kIndex && row_vectorizable<scalar_t>(length, args.logits, args.out);
 }
 template <typename scalar_t>
 bool warp_backward_aligned_copy(const BackwardArgs<scalar_t>& args, int64_t length) {
-  return warp_rows_aligned<scalar_t>(length, args.grad, args.saved, args.grad_logits);
+  return row_vectorizable<scalar_t>(length, args.grad, args.saved, args.grad_logits);
 }
 
 // Calls f(std::bool_constant<kAlignedRows>) with the copy of a warp kernel for rows of
@@ -217,6 +211,35 @@ __device__ __forceinline__ MaxSum<acc_t> block_stats(const scalar_t* __restrict_
     max_sum_add_chunks(st, x, scale);
   }
   return block_allreduce(st, MaxSumExp2Op<acc_t>{scale}, max_sum_identity<acc_t>(), scratch);
+}
+
+// ---- block per row, one-hot and index modes: the block's argmax of x over chunks
+// [first, end) of row r (a whole row, or a split row's slice: Note [Split rows]), thread t
+// taking chunks first + t, first + t + T, ... (U at a time), combined by ArgMaxOp.
+// Columns past the row hold -inf and never win a strict >; a thread starts at {-inf, its
+// first column}, so an empty range reports {-inf, its first column}, which loses every
+// tie to the ranges before it.
+template <int V, typename scalar_t, typename Align>
+__device__ __forceinline__ ArgMax<at::opmath_type<scalar_t>> block_argmax(const scalar_t* __restrict__ row,
+                                                                          int64_t first, int64_t end,
+                                                                          int64_t length, Align aligned,
+                                                                          uint64_t seed, uint64_t offset,
+                                                                          uint64_t r, void* scratch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int U = chunks_in_flight<acc_t, V>();
+  acc_t best_v = neg_inf<acc_t>();
+  int64_t best_c = (first + threadIdx.x) * V;
+  for (int64_t k0 = first + threadIdx.x; k0 < end; k0 += U * int64_t{blockDim.x}) {
+    acc_t x[U][V];
+    perturbed_chunks<U>(row, k0, blockDim.x, end, length, aligned, seed, offset, r, x);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c0 = (k0 + u * int64_t{blockDim.x}) * V;
+#pragma unroll
+      for (int i = 0; i < V; ++i) argmax_step(best_v, best_c, x[u][i], c0 + i);
+    }
+  }
+  return block_allreduce(ArgMax<acc_t>{best_v, best_c}, ArgMaxOp(), argmax_identity<acc_t>(), scratch);
 }
 
 // ---- spatial: thread (tx, ty) walks the 4-column blocks (quads) q = ty, ty + by, ...

@@ -57,22 +57,7 @@ __global__ void __launch_bounds__(kSplitThreads, kSplitBlocksPerSM)
       }
       continue;
     }
-    // Columns past the row hold -inf and never win a strict >; an empty slice reports
-    // {-inf, its first column}, which loses every tie to the slices before it.
-    acc_t best_v = neg_inf<acc_t>();
-    int64_t best_c = (sl.first + threadIdx.x) * V;
-    for (int64_t k0 = sl.first + threadIdx.x; k0 < sl.end; k0 += kU * int64_t{blockDim.x}) {
-      acc_t x[kU][V];
-      perturbed_chunks<kU>(row, k0, blockDim.x, sl.end, length, aligned, seed, offset, r, x);
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int64_t c0 = (k0 + u * int64_t{blockDim.x}) * V;
-#pragma unroll
-        for (int i = 0; i < V; ++i) argmax_step(best_v, best_c, x[u][i], c0 + i);
-      }
-    }
-    const ArgMax<acc_t> part =
-        block_allreduce(ArgMax<acc_t>{best_v, best_c}, ArgMaxOp(), argmax_identity<acc_t>(), scratch);
+    const ArgMax<acc_t> part = block_argmax<V>(row, sl.first, sl.end, length, aligned, seed, offset, r, scratch);
     const ArgMax<acc_t> best = ex.all_reduce(part, ArgMaxOp());
     if (mode == Mode::kIndex) {
       if (ex.part == 0 && threadIdx.x == 0) args.indices[r] = best.i;
