@@ -4,7 +4,7 @@ ops only, each setting in its own process:
     python3 -m benchmarks.launch_ab --out DIR [--deadline-s 55]
     python3 -m benchmarks.launch_ab --dry-run --out DIR     # CPU, tiny shapes (make test)
 
-The knobs are read once per process (csrc/cuda/split_rows.cu, warp_rows_setting.h), so
+The knobs are read once per process (csrc/cuda/launch_settings.h), so
 every setting runs in a fresh worker process with the variables set, one after another on
 the same GPU:
 

@@ -4,7 +4,7 @@
 // Note [Regenerated y_soft] -- so nothing of the logits' size is kept between passes.
 #include "backward_kernels.cuh"
 #include "split_rows.h"
-#include "warp_rows_setting.h"
+#include "launch_settings.h"
 
 namespace gumbel_ext {
 namespace cuda {

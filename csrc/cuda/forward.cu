@@ -17,7 +17,7 @@
 // x: no exp, nothing kept on chip.
 #include "forward_kernels.cuh"
 #include "split_rows.h"
-#include "warp_rows_setting.h"
+#include "launch_settings.h"
 
 namespace gumbel_ext {
 namespace cuda {

@@ -4,9 +4,7 @@
 // (the workspace's counters are zeroed by a memset on the stream).
 #include <c10/cuda/CUDACachingAllocator.h>
 
-#include <cstdlib>
-#include <cstring>
-
+#include "launch_settings.h"
 #include "split_backward_kernels.cuh"
 #include "split_forward_kernels.cuh"
 #include "split_rows.h"
@@ -23,16 +21,11 @@ struct SplitDeviceInfo {
 // GUMBEL_EXT_SPLIT, read once per process: unset or "auto" splits as choose_split says;
 // "off" never splits (the block-per-row kernels, for A/B measurements); "workspace" uses
 // the sm_80 exchange on every device, so that one sm_90 GPU tests both exchanges.
-enum class SplitSetting { kAuto, kOff, kWorkspace };
+enum class SplitSetting { kAuto, kOff, kWorkspace };  // in env_choice's order below
 
 SplitSetting split_setting() {
-  static const SplitSetting setting = [] {
-    const char* v = std::getenv("GUMBEL_EXT_SPLIT");
-    if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return SplitSetting::kAuto;
-    if (std::strcmp(v, "off") == 0) return SplitSetting::kOff;
-    TORCH_CHECK(std::strcmp(v, "workspace") == 0, "GUMBEL_EXT_SPLIT must be auto, off or workspace, got '", v, "'");
-    return SplitSetting::kWorkspace;
-  }();
+  static const SplitSetting setting =
+      static_cast<SplitSetting>(env_choice("GUMBEL_EXT_SPLIT", {"auto", "off", "workspace"}));
   return setting;
 }
 
